@@ -1,0 +1,5 @@
+"""Settings for export-poller: one object, environment first, then an optional `.env` file."""
+
+from config.settings import AccountSettings, Settings, get_settings, reset_settings
+
+__all__ = ["AccountSettings", "Settings", "get_settings", "reset_settings"]

@@ -1,0 +1,136 @@
+"""One settings object with explicit precedence: init kwargs > environment > `.env` file > defaults.
+
+Accounts are nested: `POLLER_ACCOUNTS__ACME__PROVIDER=cometly` defines the account `acme`. Names are
+case-insensitive and stored lower-case. Credentials are `SecretStr`, so they never show in a repr,
+a log line or an exception; they are read with `.get_secret_value()` only where a request is signed.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import Annotated
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_RATE = re.compile(r"^\s*\d+\s*(/|per)\s*\d*\s*(second|minute|hour|day)s?\s*$", re.IGNORECASE)
+
+PositiveSeconds = Annotated[float, Field(gt=0)]
+
+
+class AccountSettings(BaseModel):
+    """One set of credentials at one provider; exports are always polled with their own account."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    provider: str
+    base_url: str | None = None
+    token: SecretStr | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    access_key: SecretStr | None = None
+    secret_key: SecretStr | None = None
+    region: str | None = None
+    rate_limit: str | None = None
+
+    @field_validator("provider")
+    @classmethod
+    def _lower(cls, value: str) -> str:
+        return value.strip().lower()
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"must be an http(s) URL, got {value!r}")
+        return value.strip().rstrip("/")
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate(cls, value: str | None) -> str | None:
+        if value is not None and not _RATE.match(value):
+            raise ValueError(f"must look like '30/minute' or '1000 per 5 minutes', got {value!r}")
+        return value
+
+
+class Settings(BaseSettings):
+    """Everything the service reads at start-up; see the README's settings table."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="POLLER_",
+        env_nested_delimiter="__",
+        case_sensitive=False,
+        env_file=".env",
+        extra="ignore",
+    )
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    broker_url: str | None = None
+    key_prefix: str = "ep"
+    backoff_initial: PositiveSeconds = 5.0
+    backoff_factor: Annotated[float, Field(ge=1.0)] = 2.0
+    backoff_max: PositiveSeconds = 300.0
+    backoff_floor: Annotated[float, Field(ge=0)] = 1.0
+    sweep_interval: PositiveSeconds = 5.0
+    default_timeout: PositiveSeconds = 24 * 3600.0
+    enqueue_horizon: PositiveSeconds = 60.0
+    lease_seconds: PositiveSeconds = 120.0
+    rescue_grace: PositiveSeconds = 30.0
+    http_connect_timeout: PositiveSeconds = 5.0
+    http_read_timeout: PositiveSeconds = 30.0
+    max_response_bytes: Annotated[int, Field(gt=0)] = 2 * 1024 * 1024
+    record_ttl: PositiveSeconds = 7 * 24 * 3600.0
+    sweep_batch: Annotated[int, Field(gt=0)] = 1000
+    confirm_refusals: Annotated[int, Field(ge=1)] = 3
+    accounts: dict[str, AccountSettings] = Field(default_factory=dict)
+
+    @field_validator("redis_url", "broker_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    @field_validator("accounts", mode="before")
+    @classmethod
+    def _lower_names(cls, value: object) -> object:
+        if isinstance(value, dict):
+            return {str(name).lower(): account for name, account in value.items()}
+        return value
+
+    @model_validator(mode="after")
+    def _timeouts_fit_lease(self) -> Settings:
+        if self.http_connect_timeout + self.http_read_timeout >= self.lease_seconds:
+            raise ValueError("http timeouts must add up to less than POLLER_LEASE_SECONDS")
+        return self
+
+    @property
+    def broker(self) -> str:
+        return self.broker_url or self.redis_url
+
+
+def redact_url(url: str) -> str:
+    """Hide a password in a Redis URL before it is logged or printed."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Load once per process: start-up fails here, naming the bad setting, before any work."""
+    return Settings()
+
+
+def reset_settings() -> None:
+    """Forget the cached settings (tests and the CLI change the environment)."""
+    get_settings.cache_clear()

@@ -1,0 +1,285 @@
+"""The adapter interface and the one HTTP flow every provider shares.
+
+A provider subclass is a template: it says how to ask (`status_request`, `auth`) and how to read
+the answer (`parse`, optionally `describe_error`). This module does the rest the same way for all
+of them: a pooled session per account, connect/read timeouts, a cap on the body size, same-host
+redirects only (custom auth headers such as `X-SBG-Auth-Token` must never reach another host),
+and the mapping of HTTP failures onto `providers.errors`.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import re
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+from urllib.parse import quote, urljoin, urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+from requests.auth import AuthBase
+
+from config.settings import AccountSettings, Settings
+from providers import errors
+from providers.models import ExportStatus
+
+log = logging.getLogger("export_poller.http")
+
+MAX_EXPORT_ID_BYTES = 1024
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_MAX_REDIRECTS = 3
+
+Outcome = ExportStatus | errors.ProviderError
+
+
+@dataclass(frozen=True)
+class StatusRequest:
+    """What to send: a method, a path below the account's base URL, and an optional JSON body."""
+
+    method: str
+    path: str
+    json: Any = None
+
+
+def path_segment(export_id: str) -> str:
+    """Percent-encode an id so that it stays one path segment (`../../admin` cannot climb out)."""
+    encoded = quote(export_id, safe="")
+    return encoded.replace(".", "%2E") if set(encoded) == {"."} else encoded
+
+
+class Provider(ABC):
+    """One provider account: credentials, a pooled session, and the request/answer shapes."""
+
+    name: ClassVar[str]
+    default_base_url: ClassVar[str | None] = None
+    batch_size: ClassVar[int] = 1
+    id_pattern: ClassVar[re.Pattern[str] | None] = None
+    required_credentials: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, account_name: str, account: AccountSettings, settings: Settings) -> None:
+        self.account_name = account_name
+        self.account = account
+        self.timeout = (settings.http_connect_timeout, settings.http_read_timeout)
+        self.max_bytes = settings.max_response_bytes
+        self.base_url = self._base_url(account)
+        self._auth = self.auth()
+        self.session = requests.Session()
+        self.session.mount("http://", HTTPAdapter(pool_maxsize=32))
+        self.session.mount("https://", HTTPAdapter(pool_maxsize=32))
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} account={self.account_name!r} base_url={self.base_url!r}>"
+
+    # -- what a provider module writes -------------------------------------------------------
+
+    @abstractmethod
+    def auth(self) -> AuthBase:
+        """Build the per-account request signer once; it holds the only copy of the secret."""
+
+    @abstractmethod
+    def status_request(self, export_ids: Sequence[str]) -> StatusRequest:
+        """The request asking for these ids (exactly one unless `batch_size` > 1)."""
+
+    @abstractmethod
+    def parse(self, body: Any, export_ids: Sequence[str]) -> dict[str, Outcome]:
+        """Read a 2xx JSON body into one outcome per id; raise `BadResponse` if it is off-spec."""
+
+    def describe_error(self, body: Any) -> str | None:
+        """The provider's own words for an error body, when it has a documented shape."""
+        if isinstance(body, Mapping) and isinstance(body.get("message"), str):
+            return str(body["message"])
+        return None
+
+    def error_for(self, status: int, headers: Mapping[str, str], body: Any) -> errors.ProviderError:
+        """Map a non-2xx answer; providers refine it (Seven Bridges' maintenance 503)."""
+        return map_http_error(self, status, headers, body)
+
+    # -- the shared flow ---------------------------------------------------------------------
+
+    @classmethod
+    def validate_export_id(cls, export_id: object) -> str:
+        """Reject ids no provider could hold before anything is stored."""
+        if not isinstance(export_id, str):
+            raise errors.InvalidExportId(
+                f"export id must be a string, got {type(export_id).__name__}"
+            )
+        if not export_id.strip():
+            raise errors.InvalidExportId("export id must not be empty")
+        if len(export_id.encode()) > MAX_EXPORT_ID_BYTES:
+            raise errors.InvalidExportId(f"export id is over {MAX_EXPORT_ID_BYTES} bytes")
+        if _CONTROL.search(export_id):
+            raise errors.InvalidExportId("export id must not contain control characters")
+        if cls.id_pattern is not None and not cls.id_pattern.fullmatch(export_id):
+            raise errors.InvalidExportId(
+                f"{cls.name} export ids must match {cls.id_pattern.pattern!r}, got {export_id!r}"
+            )
+        return export_id
+
+    def fetch(self, export_id: str) -> ExportStatus:
+        """Ask for one export; raise a `ProviderError` for anything but a usable status."""
+        outcome = self.fetch_many([export_id])[export_id]
+        if isinstance(outcome, errors.ProviderError):
+            raise outcome
+        return outcome
+
+    def fetch_many(self, export_ids: Sequence[str]) -> dict[str, Outcome]:
+        """Ask for up to `batch_size` exports in one request; errors of the whole call raise."""
+        request = self.status_request(export_ids)
+        response = self._send(request)
+        status, headers, body = response.status_code, response.headers, self._read(response)
+        if status >= 300:
+            raise self.error_for(status, headers, _json_or_none(body))
+        try:
+            decoded = json.loads(body)
+        except ValueError as exc:
+            raise errors.BadResponse(
+                f"{self.name} answered {status} with a body that is not JSON"
+            ) from exc
+        return self.parse(decoded, export_ids)
+
+    def _send(self, request: StatusRequest) -> requests.Response:
+        url = self.base_url + request.path
+        for _ in range(_MAX_REDIRECTS + 1):
+            response = self._request(request.method, url, request.json)
+            if response.status_code not in _REDIRECTS:
+                return response
+            url = self._same_host_location(url, response)
+        raise errors.BadResponse(f"{self.name} redirected more than {_MAX_REDIRECTS} times")
+
+    def _request(self, method: str, url: str, body: Any) -> requests.Response:
+        started = time.monotonic()
+        try:
+            response = self.session.request(
+                method,
+                url,
+                json=body,
+                auth=self._auth,
+                timeout=self.timeout,
+                allow_redirects=False,
+                stream=True,
+            )
+        except requests.Timeout as exc:
+            raise errors.TransportError(f"{self.name} did not answer in time") from exc
+        except requests.RequestException as exc:
+            raise errors.TransportError(
+                f"{self.name} connection failed: {type(exc).__name__}"
+            ) from exc
+        log.debug(
+            "%s %s -> %s in %.3fs",
+            method,
+            urlsplit(url).path,
+            response.status_code,
+            time.monotonic() - started,
+        )
+        return response
+
+    def _same_host_location(self, url: str, response: requests.Response) -> str:
+        """Follow a redirect on the same origin only; re-signing happens on the next send."""
+        target = urljoin(url, response.headers.get("Location", ""))
+        response.close()
+        old, new = urlsplit(url), urlsplit(target)
+        if (old.scheme, old.netloc) != (new.scheme, new.netloc):
+            raise errors.BadResponse(
+                f"{self.name} redirected to another host; credentials withheld"
+            )
+        return target
+
+    def _read(self, response: requests.Response) -> bytes:
+        """Read at most `max_bytes`: a provider bug must not fill a worker's memory."""
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            for chunk in response.iter_content(64 * 1024):
+                size += len(chunk)
+                if size > self.max_bytes:
+                    raise errors.BadResponse(f"{self.name} answer is over {self.max_bytes} bytes")
+                chunks.append(chunk)
+        except requests.RequestException as exc:
+            raise errors.TransportError(
+                f"{self.name} answer was cut off: {type(exc).__name__}"
+            ) from exc
+        finally:
+            response.close()
+        return b"".join(chunks)
+
+    def _base_url(self, account: AccountSettings) -> str:
+        base = account.base_url or self.default_base_url
+        if not base:
+            raise errors.ConfigurationError(
+                f"account {self.account_name!r} ({self.name}) needs a base URL: set "
+                f"POLLER_ACCOUNTS__{self.account_name.upper()}__BASE_URL"
+            )
+        return base.rstrip("/")
+
+    def require(self, field: str) -> str:
+        """A credential from the account, or a configuration error naming the missing setting."""
+        value = getattr(self.account, field)
+        if value is None:
+            raise errors.ConfigurationError(
+                f"account {self.account_name!r} ({self.name}) needs "
+                f"POLLER_ACCOUNTS__{self.account_name.upper()}__{field.upper()}"
+            )
+        return value if isinstance(value, str) else str(value.get_secret_value())
+
+
+def _json_or_none(body: bytes) -> Any:
+    try:
+        return json.loads(body) if body else None
+    except ValueError:
+        return None
+
+
+def retry_after_seconds(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """`Retry-After` (seconds or an HTTP date) or `X-RateLimit-Reset` (a Unix time), as a wait."""
+    now = time.time() if now is None else now
+    value = headers.get("Retry-After")
+    if value:
+        if value.strip().isdigit():
+            return float(value.strip())
+        try:
+            return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - now)
+        except (TypeError, ValueError):
+            pass
+    reset = headers.get("X-RateLimit-Reset")
+    if reset and reset.strip().isdigit():
+        return max(0.0, float(reset) - now)
+    return None
+
+
+def map_http_error(
+    provider: Provider, status: int, headers: Mapping[str, str], body: Any
+) -> errors.ProviderError:
+    """One mapping for all: 429 waits, 5xx retries, 401/403/404/4xx are refusals to confirm."""
+    said = provider.describe_error(body)
+    detail = f": {said}" if said else ""
+    if status == 429:
+        wait = retry_after_seconds(headers)
+        return errors.RateLimited(
+            f"{provider.name} rate limit reached{detail}",
+            retry_after=wait if wait is not None else 60.0,
+        )
+    if status >= 500:
+        return errors.ServerError(f"{provider.name} answered {status}{detail}", status_code=status)
+    if status in (401, 403):
+        return errors.CredentialsRefused(
+            f"{provider.name} refused the credentials of account {provider.account_name!r} "
+            f"({status}){detail}",
+            status_code=status,
+        )
+    if status == 404:
+        return errors.NotFound(
+            f"{provider.name} does not know this export{detail}", status_code=404
+        )
+    if 400 <= status < 500:
+        return errors.Rejected(
+            f"{provider.name} rejected the request ({status}){detail}", status_code=status
+        )
+    return errors.BadResponse(
+        f"{provider.name} answered an unexpected {status}", status_code=status
+    )

@@ -1,0 +1,39 @@
+"""The Celery app: JSON only, late acks, events on, and the sweep on beat.
+
+Settings are read here, at import, so a worker or beat with a bad setting fails at start-up with
+a message that names it, before it takes any work.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from config.settings import get_settings
+
+settings = get_settings()
+
+app = Celery("export_poller", broker=settings.broker, include=["tasks.jobs"])
+app.conf.update(
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+    event_serializer="json",
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    task_ignore_result=True,
+    task_default_queue="export-poller",
+    worker_prefetch_multiplier=8,
+    worker_send_task_events=True,
+    task_send_sent_event=True,
+    worker_hijack_root_logger=False,
+    broker_connection_retry_on_startup=True,
+    broker_transport_options={"visibility_timeout": 3600},
+    timezone="UTC",
+    beat_schedule={
+        "exports.sweep": {
+            "task": "exports.sweep",
+            "schedule": settings.sweep_interval,
+            "options": {"expires": settings.sweep_interval * 2},
+        }
+    },
+)

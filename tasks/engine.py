@@ -1,0 +1,285 @@
+"""The engine: one poll, one sweep, one callback dispatch, each a short walk over the store.
+
+Celery is only the delivery of hints here. `Engine` gets two senders (a poll message, a callback)
+so the same code runs under a real worker and in unit tests with a fake broker and fakeredis.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from config.settings import Settings
+from providers import errors
+from providers.base import Provider
+from providers.models import ExportStatus
+from providers.registry import get_provider_class
+from tasks import clock, policy
+from tasks.records import public_view
+from tasks.store import Claim, Store
+
+log = logging.getLogger("export_poller.poll")
+
+SendPoll = Callable[[str, str, float], None]
+SendCallback = Callable[[dict[str, Any], dict[str, Any]], None]
+
+
+class ProviderPool:
+    """One adapter (and so one pooled HTTP session) per account, built on first use."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._providers: dict[str, Provider] = {}
+        self._lock = threading.Lock()
+
+    def get(self, account: str) -> Provider:
+        with self._lock:
+            provider = self._providers.get(account)
+            if provider is None:
+                provider = self._providers[account] = self._build(account)
+            return provider
+
+    def _build(self, account: str) -> Provider:
+        settings = self.settings.accounts.get(account)
+        if settings is None:
+            raise errors.UnknownAccount(f"account {account!r} is not configured")
+        return get_provider_class(settings.provider)(account, settings, self.settings)
+
+
+@dataclass
+class SweepReport:
+    enqueued: int = 0
+    expired: int = 0
+    callbacks: int = 0
+
+
+class Engine:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        send_poll: SendPoll,
+        send_callback: SendCallback,
+        *,
+        providers: ProviderPool | None = None,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.send_poll = send_poll
+        self.send_callback = send_callback
+        self.providers = providers or ProviderPool(settings)
+        self.rand = rand
+        self.backoff = policy.Backoff(
+            settings.backoff_initial,
+            settings.backoff_factor,
+            settings.backoff_max,
+            settings.backoff_floor,
+        )
+
+    # -- tracking ----------------------------------------------------------------------------
+
+    def track(self, fields: dict[str, Any], timeout: float) -> str:
+        """Store a new record (or find the active one) and send its first poll now."""
+        now = clock.now()
+        token = uuid.uuid4().hex[:16]
+        record = {
+            **fields,
+            "state": "pending",
+            "attempts": 0,
+            "refusals": 0,
+            "created_at": now,
+            "updated_at": now,
+            "deadline": now + timeout,
+            "next_poll_at": now,
+            "token": token,
+        }
+        tid = uuid.uuid4().hex
+        created, tid = self.store.track(
+            tid, record, rescue_at=now + self.settings.rescue_grace, deadline=now + timeout
+        )
+        if created:
+            self.send_poll(tid, token, 0.0)
+        return tid
+
+    def cancel(self, tid: str) -> bool:
+        fields = {"updated_at": clock.now(), "finished_at": clock.now(), "next_poll_at": ""}
+        return self.store.finish(
+            tid,
+            "cancelled",
+            fields,
+            now=clock.now(),
+            notify=False,
+            respect_lease=False,
+            ttl=self.settings.record_ttl,
+        )
+
+    def get(self, tid: str) -> dict[str, Any] | None:
+        fields = self.store.get(tid)
+        return public_view(tid, fields) if fields else None
+
+    # -- one poll ----------------------------------------------------------------------------
+
+    def poll(self, tid: str, token: str) -> str:
+        """Poll one export if this message is still the current one; returns what happened."""
+        now = clock.now()
+        claim = self.store.claim(
+            tid, token, uuid.uuid4().hex, now=now, lease_until=now + self.settings.lease_seconds
+        )
+        if isinstance(claim, str):
+            log.info("poll dropped tracking_id=%s reason=%s", tid, claim)
+            return claim
+        outcome = self._ask(claim.fields)
+        return self._apply(claim, outcome)
+
+    def _ask(self, rec: dict[str, str]) -> ExportStatus | errors.ProviderError:
+        """Always an outcome the policy understands: a bad answer never kills a worker."""
+        try:
+            return self.providers.get(rec["account"]).fetch(rec["export_id"])
+        except errors.ProviderError as exc:
+            return exc
+        except errors.ConfigurationError as exc:
+            return errors.RetryLater(str(exc))
+        except Exception as exc:
+            log.exception("adapter bug account=%s", rec.get("account"))
+            return errors.BadResponse(f"adapter raised {type(exc).__name__}")
+
+    def _apply(self, claim: Claim, outcome: ExportStatus | errors.ProviderError) -> str:
+        rec, now = claim.fields, clock.now()
+        ctx = policy.PollContext(
+            attempts=int(rec["attempts"]) + 1,
+            deadline=float(rec["deadline"]),
+            refusals=int(rec.get("refusals") or 0),
+            started_at=float(rec["created_at"]),
+            state=rec["state"],
+        )
+        decision = policy.decide(
+            ctx,
+            outcome,
+            now,
+            self.backoff,
+            confirm_refusals=self.settings.confirm_refusals,
+            rand=self.rand,
+        )
+        fields = _fields_for(decision, ctx, now)
+        delay = None if decision.next_poll_at is None else decision.next_poll_at - now
+        handoff = delay is not None and delay <= self.settings.enqueue_horizon
+        sched = decision.next_poll_at
+        if handoff and sched is not None:
+            sched += self.settings.rescue_grace
+        token = uuid.uuid4().hex[:16]
+        if not self.store.commit(
+            claim, fields, new_token=token, now=now, terminal=decision.terminal, sched_score=sched
+        ):
+            log.warning("poll lost its claim tracking_id=%s", claim.tracking_id)
+            return "lost"
+        _log_poll(claim, outcome, decision, delay, fields["attempts"])
+        if decision.terminal:
+            self._safe_dispatch(claim.tracking_id)
+        elif handoff and delay is not None:
+            self.send_poll(claim.tracking_id, token, max(0.0, delay))
+        return decision.state
+
+    # -- callbacks ---------------------------------------------------------------------------
+
+    def dispatch(self, tid: str) -> bool:
+        """Send the callback of a finished export once; the outbox retries if we die first."""
+        now = clock.now()
+        rec = self.store.claim_outbox(tid, now=now, retry_at=now + self.settings.rescue_grace)
+        if rec is None:
+            return False
+        if not rec:
+            self.store.drop_outbox(tid)
+            return False
+        kind = policy.callback_kind(rec.get("state", ""))
+        signature = rec.get(kind) if kind else None
+        if signature:
+            self.send_callback(json.loads(signature), public_view(tid, rec))
+        self.store.ack_outbox(tid, now=clock.now(), ttl=self.settings.record_ttl)
+        log.info("callback tracking_id=%s state=%s sent=%s", tid, rec.get("state"), kind)
+        return bool(signature)
+
+    def _safe_dispatch(self, tid: str) -> None:
+        try:
+            self.dispatch(tid)
+        except Exception:
+            log.exception("callback dispatch failed; the sweep retries tracking_id=%s", tid)
+
+    # -- the sweep ---------------------------------------------------------------------------
+
+    def sweep(self) -> SweepReport:
+        """Send due and lost polls, expire overdue exports, drain the outbox: work ~ due items."""
+        report = SweepReport()
+        now, s = clock.now(), self.settings
+        for tid in self.store.expired(now - s.rescue_grace, s.sweep_batch):
+            if self._expire(tid, now):
+                report.expired += 1
+        for tid, token in self.store.due(now, now + s.rescue_grace, s.sweep_batch):
+            self.send_poll(tid, token, 0.0)
+            report.enqueued += 1
+        for tid in self.store.outbox_due(now, s.sweep_batch):
+            report.callbacks += int(self.dispatch(tid))
+        return report
+
+    def _expire(self, tid: str, now: float) -> bool:
+        error = {"kind": "deadline", "message": "no terminal answer before the deadline"}
+        fields = {"updated_at": now, "finished_at": now, "next_poll_at": "", "error": error}
+        done = self.store.finish(
+            tid,
+            "timed_out",
+            fields,
+            now=now,
+            notify=True,
+            respect_lease=True,
+            ttl=self.settings.record_ttl,
+        )
+        return done
+
+
+def _fields_for(decision: policy.Decision, ctx: policy.PollContext, now: float) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "state": decision.state,
+        "updated_at": now,
+        "attempts": ctx.attempts if decision.counted else ctx.attempts - 1,
+        "refusals": decision.refusals,
+        "next_poll_at": "" if decision.next_poll_at is None else decision.next_poll_at,
+    }
+    if decision.status is not None:
+        status = decision.status
+        fields["status"] = (
+            status.model_dump(mode="json", exclude_none=True)
+            if decision.terminal
+            else status.summary()
+        )
+    if decision.error is not None:
+        fields["error"] = decision.error
+    if decision.terminal:
+        fields["finished_at"] = now
+    return fields
+
+
+def _log_poll(
+    claim: Claim,
+    outcome: ExportStatus | errors.ProviderError,
+    decision: policy.Decision,
+    delay: float | None,
+    attempts: int,
+) -> None:
+    rec = claim.fields
+    said = outcome.state if isinstance(outcome, ExportStatus) else outcome.kind
+    log.info(
+        "poll tracking_id=%s provider=%s account=%s outcome=%s state=%s attempts=%s next_delay=%s",
+        claim.tracking_id,
+        rec.get("provider"),
+        rec.get("account"),
+        said,
+        decision.state,
+        rec.get("attempts"),
+        "-" if delay is None else f"{delay:.1f}",
+    )

@@ -1,0 +1,73 @@
+"""Celery tasks: thin shells over the engine. Arguments are JSON primitives, never credentials."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from tasks.app import app, settings
+from tasks.runtime import get_engine, redis_client
+
+log = logging.getLogger("export_poller.tasks")
+
+# Leave room for the HTTP call (bounded by its own timeouts) well inside the poll lease.
+_POLL_TIME_LIMIT = int(max(10.0, settings.lease_seconds - 10.0))
+
+
+@app.task(
+    name="exports.poll",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    ignore_result=True,
+    time_limit=_POLL_TIME_LIMIT,
+)
+def poll(tracking_id: str, token: str) -> None:
+    """Poll one export; a stale or duplicate message is recognised by its token and ignored."""
+    get_engine().poll(tracking_id, token)
+
+
+@app.task(name="exports.sweep", ignore_result=True, acks_late=True)
+def sweep() -> None:
+    report = get_engine().sweep()
+    if report.enqueued or report.expired or report.callbacks:
+        log.info(
+            "sweep enqueued=%d expired=%d callbacks=%d",
+            report.enqueued,
+            report.expired,
+            report.callbacks,
+        )
+
+
+@app.task(name="exports.track", acks_late=True)
+def track(
+    provider: str,
+    export_id: str,
+    account: str | None = None,
+    on_complete: dict[str, Any] | None = None,
+    on_failure: dict[str, Any] | None = None,
+    metadata: dict[str, Any] | None = None,
+    timeout: float | None = None,
+) -> str:
+    """`track_export` by task name, for services that do not import this package."""
+    from tasks.api import track_export
+
+    return track_export(
+        provider,
+        export_id,
+        account=account,
+        on_complete=on_complete,
+        on_failure=on_failure,
+        metadata=metadata,
+        timeout=timeout,
+    )
+
+
+@app.task(name="exports.record_callback", ignore_result=True)
+def record_callback(record: dict[str, Any], label: str = "callback") -> None:
+    """A ready-made callback for the demo and tests: keeps the record in a Redis list."""
+    entry = json.dumps({"label": label, "record": record}, sort_keys=True)
+    redis_client().rpush(f"{settings.key_prefix}:callbacks", entry)
+    log.info(
+        "callback %s tracking_id=%s state=%s", label, record.get("tracking_id"), record.get("state")
+    )

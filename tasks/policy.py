@@ -1,0 +1,173 @@
+"""Pure policy: backoff, the next poll time and the state an answer leads to.
+
+Nothing here touches Redis, HTTP or the clock; every function is a function of its inputs, so the
+rules that decide when a user's callback fires are tested on their own.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from providers import errors
+from providers.models import ExportStatus
+
+ACTIVE_STATES: frozenset[str] = frozenset({"pending", "running"})
+TERMINAL_STATES: frozenset[str] = frozenset({"completed", "failed", "timed_out", "cancelled"})
+FAILURE_STATES: frozenset[str] = frozenset({"failed", "timed_out"})
+
+Outcome = ExportStatus | errors.ProviderError
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Capped exponential backoff with full jitter and a small floor."""
+
+    initial: float = 5.0
+    factor: float = 2.0
+    maximum: float = 300.0
+    floor: float = 1.0
+
+    def ceiling(self, attempt: int) -> float:
+        """The largest wait after `attempt` polls (1-based); the exponent is capped."""
+        exponent = min(max(attempt - 1, 0), 64)
+        return float(min(self.maximum, self.initial * self.factor**exponent))
+
+    def delay(self, attempt: int, rand: Callable[[], float] = random.random) -> float:
+        """A wait drawn uniformly from [floor, ceiling], so a fleet's polls spread out."""
+        ceiling = self.ceiling(attempt)
+        return max(self.floor, min(ceiling, rand() * ceiling))
+
+
+@dataclass(frozen=True)
+class PollContext:
+    """What the policy needs to know about a tracked export at the moment an answer arrives."""
+
+    attempts: int
+    deadline: float
+    refusals: int = 0
+    started_at: float = 0.0
+    state: str = "pending"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The record's next state; `next_poll_at` is None exactly when the state is terminal."""
+
+    state: str
+    next_poll_at: float | None
+    refusals: int = 0
+    error: dict[str, Any] | None = None
+    status: ExportStatus | None = None
+    counted: bool = True
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+
+def next_poll_at(now: float, delay: float, deadline: float) -> float:
+    """The last poll is placed at the deadline, never past it."""
+    return min(now + delay, deadline)
+
+
+def estimated_finish(status: ExportStatus, started_at: float, now: float) -> float | None:
+    """Where a provider reports progress, extrapolate its rate to a finish time."""
+    fraction = status.progress.fraction if status.progress else None
+    if not fraction or fraction >= 1.0 or now <= started_at:
+        return None
+    return started_at + (now - started_at) / fraction
+
+
+def decide(
+    ctx: PollContext,
+    outcome: Outcome,
+    now: float,
+    backoff: Backoff,
+    *,
+    confirm_refusals: int = 3,
+    rand: Callable[[], float] = random.random,
+) -> Decision:
+    """Map one poll's outcome to the record's next state and next poll time."""
+    if isinstance(outcome, ExportStatus):
+        return _on_status(ctx, outcome, now, backoff, rand)
+    if isinstance(outcome, errors.RateLimited):
+        return _on_rate_limited(ctx, outcome, now)
+    if isinstance(outcome, errors.Refused):
+        return _on_refused(ctx, outcome, now, backoff, confirm_refusals, rand)
+    return _retry(ctx, outcome, now, backoff, rand)
+
+
+def _on_status(
+    ctx: PollContext, status: ExportStatus, now: float, backoff: Backoff, rand: Callable[[], float]
+) -> Decision:
+    if status.terminal:
+        return Decision(state=status.state, next_poll_at=None, status=status)
+    if now >= ctx.deadline:
+        return Decision(state="timed_out", next_poll_at=None, status=status)
+    wait = backoff.delay(ctx.attempts, rand)
+    finish = estimated_finish(status, ctx.started_at, now)
+    if finish is not None and now + backoff.floor <= finish < now + wait:
+        wait = finish - now
+    return Decision(
+        state=status.state, next_poll_at=next_poll_at(now, wait, ctx.deadline), status=status
+    )
+
+
+def _on_rate_limited(ctx: PollContext, exc: errors.RateLimited, now: float) -> Decision:
+    """Poll no sooner than told; the attempt does not count, since the provider did not look."""
+    if now >= ctx.deadline:
+        return Decision(state="timed_out", next_poll_at=None, error=exc.as_dict())
+    return Decision(
+        state=ctx.state,
+        next_poll_at=now + max(exc.retry_after, 0.0),
+        refusals=ctx.refusals,
+        error=exc.as_dict(),
+        counted=False,
+    )
+
+
+def _on_refused(
+    ctx: PollContext,
+    exc: errors.Refused,
+    now: float,
+    backoff: Backoff,
+    confirm: int,
+    rand: Callable[[], float],
+) -> Decision:
+    """A refusal ends the export only once it repeats, so one flaky 404 or 401 is not fatal."""
+    refusals = ctx.refusals + 1
+    if refusals >= confirm:
+        return Decision(state="failed", next_poll_at=None, refusals=refusals, error=exc.as_dict())
+    retry = _retry(ctx, exc, now, backoff, rand)
+    return Decision(
+        state=retry.state, next_poll_at=retry.next_poll_at, refusals=refusals, error=retry.error
+    )
+
+
+def _retry(
+    ctx: PollContext,
+    exc: errors.ProviderError,
+    now: float,
+    backoff: Backoff,
+    rand: Callable[[], float],
+) -> Decision:
+    if now >= ctx.deadline:
+        return Decision(state="timed_out", next_poll_at=None, error=exc.as_dict())
+    wait = backoff.delay(ctx.attempts, rand)
+    return Decision(
+        state=ctx.state,
+        next_poll_at=next_poll_at(now, wait, ctx.deadline),
+        error=exc.as_dict(),
+    )
+
+
+def callback_kind(state: str) -> str | None:
+    """Which of the caller's callbacks a terminal state fires: none on cancel."""
+    if state == "completed":
+        return "on_complete"
+    if state in FAILURE_STATES:
+        return "on_failure"
+    return None

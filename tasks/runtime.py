@@ -1,0 +1,34 @@
+"""The process-wide engine, built once from settings and wired to the Celery app."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import redis
+from celery import signature
+
+from config.settings import get_settings
+from tasks.app import app
+from tasks.engine import Engine
+from tasks.store import Store
+
+
+def _send_poll(tracking_id: str, token: str, countdown: float) -> None:
+    app.send_task("exports.poll", args=(tracking_id, token), countdown=countdown or None)
+
+
+def _send_callback(sig: dict[str, Any], record: dict[str, Any]) -> None:
+    signature(sig, app=app).apply_async((record,))
+
+
+@cache
+def redis_client() -> redis.Redis:
+    return redis.Redis.from_url(get_settings().redis_url, health_check_interval=30)
+
+
+@cache
+def get_engine() -> Engine:
+    settings = get_settings()
+    store = Store(redis_client(), settings.key_prefix)
+    return Engine(settings, store, _send_poll, _send_callback)

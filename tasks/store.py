@@ -1,0 +1,289 @@
+"""The Redis store: the truth about every tracked export.
+
+Keys (prefix `ep` by default):
+
+    {p}:x:{tid}      hash   one record per tracked export
+    {p}:idem:{sha1}  string (account, export id) -> tid while the export is active
+    {p}:sched        zset   tid -> when the sweep must next look at it: the next poll time for a
+                            parked poll, or a rescue time for one handed to Celery or in flight
+    {p}:deadlines    zset   tid -> deadline, so expiry costs what is due, not what is tracked
+    {p}:outbox       zset   tid -> when its callback is (re)dispatched
+
+Every change of state is one Lua script, so two workers, two beats or a replayed message can
+never both move an export or both dispatch its callback. Broker messages carry only a tracking id
+and a poll token; a message whose token is not the record's current one does nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, cast
+
+import redis
+
+Arg = str | int | float
+
+ACTIVE = ("pending", "running")
+
+_TRACK = """
+local existing = redis.call('GET', KEYS[1])
+if existing then
+  local state = redis.call('HGET', ARGV[4] .. existing, 'state')
+  if state == 'pending' or state == 'running' then return {0, existing} end
+end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[2], unpack(ARGV, 5))
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
+return {1, ARGV[1]}
+"""
+
+_CLAIM = """
+local v = redis.call('HMGET', KEYS[1], 'token', 'state', 'lease_until', 'next_poll_at')
+if not v[1] then return {'missing'} end
+if v[1] ~= ARGV[2] then return {'stale'} end
+if v[2] ~= 'pending' and v[2] ~= 'running' then return {'done'} end
+if v[3] and tonumber(v[3]) > tonumber(ARGV[3]) then return {'busy'} end
+if v[4] and tonumber(v[4]) > tonumber(ARGV[3]) + tonumber(ARGV[6]) then return {'early'} end
+redis.call('HSET', KEYS[1], 'lease_until', ARGV[4], 'claim', ARGV[5])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
+local out = redis.call('HGETALL', KEYS[1])
+table.insert(out, 1, 'ok')
+return out
+"""
+
+_FINISH_TAIL = """
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('ZREM', KEYS[3], ARGV[1])
+  local idem = redis.call('HGET', KEYS[1], 'idem')
+  if idem and redis.call('GET', idem) == ARGV[1] then redis.call('DEL', idem) end
+"""
+
+_COMMIT = f"""
+if redis.call('HGET', KEYS[1], 'claim') ~= ARGV[2] then return 0 end
+redis.call('HDEL', KEYS[1], 'claim', 'lease_until')
+redis.call('HSET', KEYS[1], 'token', ARGV[6], unpack(ARGV, 7))
+if ARGV[3] == '1' then
+  {_FINISH_TAIL}
+  redis.call('ZADD', KEYS[4], ARGV[5], ARGV[1])
+else
+  redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
+end
+return 1
+"""
+
+_FINISH = f"""
+local v = redis.call('HMGET', KEYS[1], 'state', 'lease_until')
+if v[1] ~= 'pending' and v[1] ~= 'running' then return 0 end
+if ARGV[5] == '1' and v[2] and tonumber(v[2]) > tonumber(ARGV[3]) then return 0 end
+redis.call('HDEL', KEYS[1], 'claim', 'lease_until')
+redis.call('HSET', KEYS[1], 'state', ARGV[2], 'token', '', unpack(ARGV, 7))
+{_FINISH_TAIL}
+if ARGV[4] == '1' then
+  redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
+else
+  redis.call('EXPIRE', KEYS[1], ARGV[6])
+end
+return 1
+"""
+
+_DUE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
+local out = {}
+for _, tid in ipairs(due) do
+  local token = redis.call('HGET', ARGV[4] .. tid, 'token')
+  if token and token ~= '' then
+    redis.call('ZADD', KEYS[1], ARGV[2], tid)
+    out[#out + 1] = tid
+    out[#out + 1] = token
+  else
+    redis.call('ZREM', KEYS[1], tid)
+  end
+end
+return out
+"""
+
+_CLAIM_OUTBOX = """
+local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not s or tonumber(s) > tonumber(ARGV[2]) then return false end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+return redis.call('HGETALL', KEYS[2])
+"""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A poll's exclusive right to update one record until `commit` or its lease runs out."""
+
+    tracking_id: str
+    claim_id: str
+    fields: dict[str, str]
+
+
+def idem_digest(account: str, export_id: str) -> str:
+    return hashlib.sha1(f"{account}\n{export_id}".encode(), usedforsecurity=False).hexdigest()
+
+
+def _pairs(fields: Mapping[str, Any]) -> list[Arg]:
+    out: list[Arg] = []
+    for key, value in fields.items():
+        out += [key, _encode(value)]
+    return out
+
+
+def _encode(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool | int | float):
+        return repr(value) if not isinstance(value, bool) else str(int(value))
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+def _hash(flat: list[Any]) -> dict[str, str]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+class Store:
+    """Every read and atomic write of tracked exports; the only module that knows the key layout."""
+
+    def __init__(self, client: redis.Redis, prefix: str = "ep") -> None:
+        self.r = client
+        self.prefix = prefix
+        self.sched = f"{prefix}:sched"
+        self.deadlines = f"{prefix}:deadlines"
+        self.outbox = f"{prefix}:outbox"
+        self._track = client.register_script(_TRACK)
+        self._claim = client.register_script(_CLAIM)
+        self._commit = client.register_script(_COMMIT)
+        self._finish = client.register_script(_FINISH)
+        self._due = client.register_script(_DUE)
+        self._claim_outbox = client.register_script(_CLAIM_OUTBOX)
+
+    def key(self, tid: str) -> str:
+        return f"{self.prefix}:x:{tid}"
+
+    def idem_key(self, account: str, export_id: str) -> str:
+        return f"{self.prefix}:idem:{idem_digest(account, export_id)}"
+
+    def track(
+        self, tid: str, fields: Mapping[str, Any], *, rescue_at: float, deadline: float
+    ) -> tuple[bool, str]:
+        """Create a record unless this (account, export id) is already active: (created, tid)."""
+        idem = self.idem_key(str(fields["account"]), str(fields["export_id"]))
+        args: list[Arg] = [
+            tid,
+            rescue_at,
+            deadline,
+            f"{self.prefix}:x:",
+            *_pairs({**fields, "idem": idem}),
+        ]
+        keys = [idem, self.key(tid), self.sched, self.deadlines]
+        created, existing = self._track(keys=keys, args=args)
+        return bool(created), _text(existing)
+
+    def claim(
+        self, tid: str, token: str, claim_id: str, *, now: float, lease_until: float
+    ) -> Claim | str:
+        """Take the poll lease, or say why not: missing, stale, done, busy or early."""
+        args: list[Arg] = [tid, token, now, lease_until, claim_id, 2.0]
+        reply = self._claim(keys=[self.key(tid), self.sched], args=args)
+        status = _text(reply[0])
+        if status != "ok":
+            return status
+        return Claim(tid, claim_id, _hash([_text(x) for x in reply[1:]]))
+
+    def commit(
+        self,
+        claim: Claim,
+        fields: Mapping[str, Any],
+        *,
+        new_token: str,
+        now: float,
+        terminal: bool,
+        sched_score: float | None,
+    ) -> bool:
+        """Write a poll's result if its claim still holds; terminal writes also fill the outbox."""
+        tid = claim.tracking_id
+        args: list[Arg] = [tid, claim.claim_id, int(terminal), sched_score or 0, now, new_token]
+        keys = [self.key(tid), self.sched, self.deadlines, self.outbox]
+        return bool(self._commit(keys=keys, args=args + _pairs(fields)))
+
+    def finish(
+        self,
+        tid: str,
+        state: str,
+        fields: Mapping[str, Any],
+        *,
+        now: float,
+        notify: bool,
+        respect_lease: bool,
+        ttl: float,
+    ) -> bool:
+        """Force an active export into a terminal state (cancel, deadline expiry)."""
+        args: list[Arg] = [
+            tid,
+            state,
+            now,
+            int(notify),
+            int(respect_lease),
+            int(ttl),
+            *_pairs(fields),
+        ]
+        keys = [self.key(tid), self.sched, self.deadlines, self.outbox]
+        return bool(self._finish(keys=keys, args=args))
+
+    def due(self, now: float, rescue_at: float, limit: int) -> list[tuple[str, str]]:
+        """Polls due (or lost) now, each re-armed for rescue so one sweep sends it once."""
+        flat = [
+            _text(x)
+            for x in self._due(keys=[self.sched], args=[now, rescue_at, limit, f"{self.prefix}:x:"])
+        ]
+        return list(zip(flat[::2], flat[1::2], strict=True))
+
+    def expired(self, before: float, limit: int) -> list[str]:
+        ids = self.r.zrangebyscore(self.deadlines, "-inf", before, start=0, num=limit)
+        return [_text(x) for x in cast(list[Any], ids)]
+
+    def outbox_due(self, now: float, limit: int) -> list[str]:
+        ids = self.r.zrangebyscore(self.outbox, "-inf", now, start=0, num=limit)
+        return [_text(x) for x in cast(list[Any], ids)]
+
+    def claim_outbox(self, tid: str, *, now: float, retry_at: float) -> dict[str, str] | None:
+        """Take one callback to dispatch; None if another dispatcher has it or it is gone."""
+        reply = self._claim_outbox(keys=[self.outbox, self.key(tid)], args=[tid, now, retry_at])
+        if not reply:
+            return None
+        return _hash([_text(x) for x in reply])
+
+    def ack_outbox(self, tid: str, *, now: float, ttl: float) -> None:
+        with self.r.pipeline(transaction=True) as pipe:
+            pipe.zrem(self.outbox, tid)
+            pipe.hset(self.key(tid), "callback_at", repr(now))
+            pipe.expire(self.key(tid), int(ttl))
+            pipe.execute()
+
+    def drop_outbox(self, tid: str) -> None:
+        self.r.zrem(self.outbox, tid)
+
+    def get(self, tid: str) -> dict[str, str] | None:
+        raw = cast(dict[Any, Any], self.r.hgetall(self.key(tid)))
+        return {_text(k): _text(v) for k, v in raw.items()} or None
+
+    def iter_ids(self, count: int = 1000) -> Iterator[str]:
+        """Every tracking id, by SCAN: for the CLI and operators, never on the poll path."""
+        cut = len(self.prefix) + 3
+        for key in self.r.scan_iter(match=f"{self.prefix}:x:*", count=count):
+            yield _text(key)[cut:]
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "scheduled": cast(int, self.r.zcard(self.sched)),
+            "outbox": cast(int, self.r.zcard(self.outbox)),
+        }
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,135 @@
+"""Engine fixtures: fakeredis for the store, a scripted provider, a fake broker, a fake clock."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import fakeredis
+import pytest
+
+from config.settings import AccountSettings, Settings
+from providers import errors
+from providers.models import ExportStatus
+from tasks import clock
+from tasks.engine import Engine
+from tasks.store import Store
+
+
+class Clock:
+    def __init__(self, start: float = 1_700_000_000.0) -> None:
+        self.t = start
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+
+
+class ScriptedProvider:
+    """Answers from a per-export script; the last answer repeats once the script runs out."""
+
+    name = "scripted"
+
+    def __init__(self) -> None:
+        self.scripts: dict[str, list[ExportStatus | errors.ProviderError]] = {}
+        self.calls: list[str] = []
+
+    def script(self, export_id: str, *answers: str | errors.ProviderError) -> None:
+        self.scripts[export_id] = [
+            ExportStatus(state=a) if isinstance(a, str) else a  # type: ignore[arg-type]
+            for a in answers
+        ]
+
+    def fetch(self, export_id: str) -> ExportStatus:
+        self.calls.append(export_id)
+        script = self.scripts.get(export_id) or [ExportStatus(state="running")]
+        answer = script.pop(0) if len(script) > 1 else script[0]
+        if isinstance(answer, errors.ProviderError):
+            raise answer
+        return answer
+
+
+class FakePool:
+    def __init__(self, provider: ScriptedProvider) -> None:
+        self.provider = provider
+
+    def get(self, account: str) -> ScriptedProvider:
+        return self.provider
+
+
+@dataclass
+class Broker:
+    """Records what the engine would have sent to Celery, so tests deliver messages by hand."""
+
+    polls: list[tuple[str, str, float]] = field(default_factory=list)
+    callbacks: list[tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=list)
+    fail_callbacks: int = 0
+
+    def send_poll(self, tid: str, token: str, countdown: float) -> None:
+        self.polls.append((tid, token, countdown))
+
+    def send_callback(self, sig: dict[str, Any], record: dict[str, Any]) -> None:
+        if self.fail_callbacks:
+            self.fail_callbacks -= 1
+            raise ConnectionError("broker down")
+        self.callbacks.append((sig, record))
+
+    def take_polls(self) -> list[tuple[str, str, float]]:
+        taken, self.polls = self.polls, []
+        return taken
+
+
+@pytest.fixture
+def fake_clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(clock, "now", fake)
+    return fake
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        accounts={"scripted": AccountSettings(provider="scripted")},
+        backoff_initial=5,
+        backoff_factor=2,
+        backoff_max=300,
+        rescue_grace=30,
+        enqueue_horizon=60,
+    )
+
+
+@pytest.fixture
+def redis_client() -> Iterator[fakeredis.FakeRedis]:
+    client = fakeredis.FakeRedis()
+    yield client
+    client.flushall()
+
+
+@pytest.fixture
+def store(redis_client: fakeredis.FakeRedis) -> Store:
+    return Store(redis_client, "test")
+
+
+@pytest.fixture
+def provider() -> ScriptedProvider:
+    return ScriptedProvider()
+
+
+@pytest.fixture
+def broker() -> Broker:
+    return Broker()
+
+
+@pytest.fixture
+def engine(
+    settings: Settings, store: Store, broker: Broker, provider: ScriptedProvider, fake_clock: Clock
+) -> Engine:
+    return Engine(
+        settings, store, broker.send_poll, broker.send_callback,
+        providers=FakePool(provider),  # type: ignore[arg-type]
+        rand=lambda: 1.0,
+    )

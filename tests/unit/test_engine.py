@@ -1,0 +1,231 @@
+"""The engine over a fake Redis: messages are hints, the record is the truth."""
+
+from __future__ import annotations
+
+from providers import errors
+from tasks.engine import Engine
+from tasks.store import Store
+from tests.unit.conftest import Broker, Clock, ScriptedProvider
+
+SIG_OK = {"task": "myapp.export_ready", "args": [], "kwargs": {}, "options": {}}
+SIG_FAIL = {"task": "myapp.export_failed", "args": [], "kwargs": {}, "options": {}}
+
+
+def track(engine: Engine, export_id: str = "e1", timeout: float = 3600) -> str:
+    fields = {
+        "provider": "scripted", "account": "scripted", "export_id": export_id,
+        "metadata": {"report": "daily"}, "on_complete": SIG_OK, "on_failure": SIG_FAIL,
+    }
+    return engine.track(fields, timeout)
+
+
+def deliver(engine: Engine, broker: Broker, clock: Clock) -> list[str]:
+    """Deliver every pending poll message, advancing the clock to its countdown."""
+    results = []
+    for tid, token, countdown in broker.take_polls():
+        clock.advance(countdown)
+        results.append(engine.poll(tid, token))
+    return results
+
+
+def run_to_end(engine: Engine, broker: Broker, clock: Clock, limit: int = 50) -> None:
+    for _ in range(limit):
+        if not broker.polls:
+            return
+        deliver(engine, broker, clock)
+
+
+def test_tracks_polls_with_backoff_and_fires_one_callback(
+    engine: Engine, broker: Broker, provider: ScriptedProvider, fake_clock: Clock
+) -> None:
+    provider.script("e1", "pending", "running", "running", "completed")
+    tid = track(engine)
+    run_to_end(engine, broker, fake_clock)
+    assert len(broker.callbacks) == 1
+    sig, record = broker.callbacks[0]
+    assert sig == SIG_OK
+    assert record["tracking_id"] == tid and record["state"] == "completed"
+    assert record["attempts"] == 4 and record["metadata"] == {"report": "daily"}
+    assert record["status"]["state"] == "completed"
+    assert engine.get(tid)["callback_at"] is not None  # type: ignore[index]
+
+
+def test_backoff_countdowns_grow(
+    engine: Engine, broker: Broker, provider: ScriptedProvider, fake_clock: Clock
+) -> None:
+    track(engine)
+    countdowns = []
+    for _ in range(4):
+        deliver(engine, broker, fake_clock)
+        countdowns.append(broker.polls[0][2])
+    assert countdowns == [5.0, 10.0, 20.0, 40.0]
+
+
+def test_tracking_the_same_export_twice_returns_one_id_and_one_callback(
+    engine: Engine, broker: Broker, provider: ScriptedProvider, fake_clock: Clock
+) -> None:
+    provider.script("e1", "running", "completed")
+    first, second = track(engine), track(engine)
+    assert first == second and len(broker.polls) == 1
+    run_to_end(engine, broker, fake_clock)
+    assert len(broker.callbacks) == 1
+    assert track(engine) != first  # finished: tracking it again is a new tracking
+
+
+def test_replayed_and_duplicate_messages_do_nothing(
+    engine: Engine, broker: Broker, provider: ScriptedProvider, fake_clock: Clock
+) -> None:
+    provider.script("e1", "running", "completed")
+    tid = track(engine)
+    [(_, first_token, _)] = broker.polls
+    deliver(engine, broker, fake_clock)
+    assert engine.poll(tid, first_token) == "stale"  # the same message again
+    run_to_end(engine, broker, fake_clock)
+    assert engine.poll(tid, first_token) == "stale"
+    assert len(provider.calls) == 2 and len(broker.callbacks) == 1
+
+
+def test_two_workers_never_poll_the_same_export_at_once(
+    engine: Engine, store: Store, broker: Broker, fake_clock: Clock
+) -> None:
+    tid = track(engine)
+    [(_, token, _)] = broker.polls
+    claim = store.claim(tid, token, "worker-a", now=fake_clock(), lease_until=fake_clock() + 120)
+    assert not isinstance(claim, str)
+    assert engine.poll(tid, token) == "busy"
+
+
+def test_a_lost_poll_message_is_rescued_by_the_sweep(
+    engine: Engine, broker: Broker, provider: ScriptedProvider, fake_clock: Clock
+) -> None:
+    provider.script("e1", "running", "completed")
+    tid = track(engine)
+    broker.take_polls()  # the message is lost
+    fake_clock.advance(10)
+    assert engine.sweep().enqueued == 0  # not yet overdue
+    fake_clock.advance(25)
+    assert engine.sweep().enqueued == 1
+    assert engine.sweep().enqueued == 0  # one rescue per grace period, not one per sweep
+    run_to_end(engine, broker, fake_clock)
+    assert [r["tracking_id"] for _, r in broker.callbacks] == [tid]
+
+
+def test_a_worker_dying_mid_poll_is_rescued_after_its_lease(
+    engine: Engine, store: Store, broker: Broker, provider: ScriptedProvider, fake_clock: Clock
+) -> None:
+    provider.script("e1", "completed")
+    tid = track(engine)
+    [(_, token, _)] = broker.take_polls()
+    store.claim(tid, token, "dead-worker", now=fake_clock(), lease_until=fake_clock() + 120)
+    fake_clock.advance(119)
+    assert engine.sweep().enqueued == 0
+    fake_clock.advance(2)
+    assert engine.sweep().enqueued == 1
+    run_to_end(engine, broker, fake_clock)
+    assert len(broker.callbacks) == 1 and engine.get(tid)["state"] == "completed"  # type: ignore[index]
+
+
+def test_long_waits_are_parked_in_redis_not_handed_to_celery(
+    settings: object, engine: Engine, broker: Broker, fake_clock: Clock
+) -> None:
+    track(engine)
+    for _ in range(4):  # 5, 10, 20, 40 s: all inside the 60 s horizon
+        deliver(engine, broker, fake_clock)
+    deliver(engine, broker, fake_clock)  # next wait is 80 s: parked
+    assert broker.polls == []
+    fake_clock.advance(79)
+    assert engine.sweep().enqueued == 0
+    fake_clock.advance(1)
+    assert engine.sweep().enqueued == 1
+
+
+def test_deadline_expiry_times_out_once_with_the_failure_callback(
+    engine: Engine, broker: Broker, fake_clock: Clock
+) -> None:
+    tid = track(engine, timeout=100)
+    broker.take_polls()  # every message lost: only the sweep can end it
+    fake_clock.advance(100 + 31)
+    report = engine.sweep()
+    assert report.expired == 1 and report.enqueued == 0
+    assert engine.sweep().expired == 0
+    record = engine.get(tid)
+    assert record and record["state"] == "timed_out"
+    assert [sig for sig, _ in broker.callbacks] == [SIG_FAIL]
+
+
+def test_polls_stop_at_the_deadline_and_time_out(
+    engine: Engine, broker: Broker, fake_clock: Clock
+) -> None:
+    tid = track(engine, timeout=30)
+    run_to_end(engine, broker, fake_clock)
+    record = engine.get(tid)
+    assert record and record["state"] == "timed_out"
+    assert fake_clock() - record["created_at"] == 30  # the last poll was at the deadline
+    assert len(broker.callbacks) == 1
+
+
+def test_callback_survives_a_broker_failure_through_the_outbox(
+    engine: Engine, broker: Broker, provider: ScriptedProvider, fake_clock: Clock
+) -> None:
+    provider.script("e1", "completed")
+    tid = track(engine)
+    broker.fail_callbacks = 1
+    deliver(engine, broker, fake_clock)
+    assert broker.callbacks == [] and engine.get(tid)["state"] == "completed"  # type: ignore[index]
+    assert engine.sweep().callbacks == 0  # claimed by the failed attempt until the grace ends
+    fake_clock.advance(31)
+    assert engine.sweep().callbacks == 1
+    fake_clock.advance(31)
+    assert engine.sweep().callbacks == 0
+    assert len(broker.callbacks) == 1
+
+
+def test_failure_callback_carries_the_providers_error(
+    engine: Engine, broker: Broker, provider: ScriptedProvider, fake_clock: Clock
+) -> None:
+    provider.script("e1", errors.NotFound("gone"))
+    tid = track(engine)
+    run_to_end(engine, broker, fake_clock)
+    [(sig, record)] = broker.callbacks
+    assert sig == SIG_FAIL and record["state"] == "failed" and record["attempts"] == 3
+    assert record["error"]["kind"] == "not_found"
+    assert engine.get(tid)["state"] == "failed"  # type: ignore[index]
+
+
+def test_cancel_stops_polling_and_fires_nothing(
+    engine: Engine, broker: Broker, provider: ScriptedProvider, fake_clock: Clock
+) -> None:
+    tid = track(engine)
+    assert engine.cancel(tid) is True
+    assert deliver(engine, broker, fake_clock) == ["stale"]
+    assert engine.cancel(tid) is False
+    fake_clock.advance(10_000)
+    report = engine.sweep()
+    assert (report.enqueued, report.expired, report.callbacks) == (0, 0, 0)
+    assert broker.callbacks == [] and provider.calls == []
+
+
+def test_a_poll_in_flight_when_cancelled_cannot_finish_the_export(
+    engine: Engine, store: Store, broker: Broker, provider: ScriptedProvider, fake_clock: Clock
+) -> None:
+    provider.script("e1", "completed")
+    tid = track(engine)
+    [(_, token, _)] = broker.take_polls()
+    claim = store.claim(tid, token, "w", now=fake_clock(), lease_until=fake_clock() + 120)
+    assert not isinstance(claim, str)
+    engine.cancel(tid)
+    assert engine._apply(claim, provider.fetch("e1")) == "lost"
+    assert broker.callbacks == [] and engine.get(tid)["state"] == "cancelled"  # type: ignore[index]
+
+
+def test_an_adapter_bug_is_retried_not_fatal(
+    engine: Engine, broker: Broker, provider: ScriptedProvider, fake_clock: Clock
+) -> None:
+    def broken(export_id: str) -> None:
+        raise KeyError("surprise")
+
+    provider.fetch = broken  # type: ignore[assignment,method-assign]
+    tid = track(engine)
+    assert deliver(engine, broker, fake_clock) == ["pending"]
+    record = engine.get(tid)
+    assert record and record["error"]["kind"] == "bad_response" and broker.polls

@@ -1,0 +1,95 @@
+"""The pure rules: how long to wait, when the last poll happens, which state an answer leads to."""
+
+from __future__ import annotations
+
+import pytest
+
+from providers import errors
+from providers.models import ExportStatus, Progress
+from tasks import policy
+
+B = policy.Backoff(initial=5, factor=2, maximum=300, floor=1)
+NOW = 1000.0
+
+
+def ctx(attempts: int = 1, deadline: float = NOW + 3600, **kw: object) -> policy.PollContext:
+    return policy.PollContext(attempts=attempts, deadline=deadline, **kw)  # type: ignore[arg-type]
+
+
+def test_backoff_ceiling_grows_exponentially_and_caps() -> None:
+    assert [B.ceiling(n) for n in range(1, 8)] == [5, 10, 20, 40, 80, 160, 300]
+    assert B.ceiling(10_000) == 300
+
+
+@pytest.mark.parametrize("r", [0.0, 0.001, 0.5, 0.999, 1.0])
+def test_full_jitter_stays_between_floor_and_ceiling(r: float) -> None:
+    for attempt in range(1, 12):
+        delay = B.delay(attempt, lambda: r)
+        assert B.floor <= delay <= B.ceiling(attempt)
+
+
+def test_jitter_spreads_polls_out() -> None:
+    assert B.delay(4, lambda: 0.25) == 10.0
+    assert B.delay(4, lambda: 0.75) == 30.0
+
+
+def test_last_poll_is_placed_at_the_deadline() -> None:
+    d = policy.decide(ctx(attempts=9, deadline=NOW + 7), ExportStatus(state="running"), NOW, B,
+                      rand=lambda: 1.0)
+    assert d.state == "running" and d.next_poll_at == NOW + 7
+
+
+def test_finished_just_before_the_deadline_is_completed_not_timed_out() -> None:
+    d = policy.decide(ctx(deadline=NOW), ExportStatus(state="completed"), NOW + 0.5, B)
+    assert d.state == "completed" and d.terminal and d.next_poll_at is None
+
+
+def test_still_running_at_the_deadline_times_out() -> None:
+    d = policy.decide(ctx(deadline=NOW), ExportStatus(state="running"), NOW, B)
+    assert d.state == "timed_out" and d.next_poll_at is None
+
+
+def test_provider_failure_is_failed_with_its_status() -> None:
+    status = ExportStatus(state="failed", message="boom")
+    d = policy.decide(ctx(), status, NOW, B)
+    assert d.state == "failed" and d.status == status
+
+
+def test_rate_limit_waits_as_told_and_does_not_count() -> None:
+    d = policy.decide(ctx(attempts=3, state="running"), errors.RateLimited("slow", retry_after=42),
+                      NOW, B, rand=lambda: 0.0)
+    assert d.next_poll_at == NOW + 42 and not d.counted and d.state == "running"
+
+
+def test_transient_errors_back_off_and_keep_the_state() -> None:
+    d = policy.decide(ctx(attempts=3, state="running"), errors.ServerError("503"), NOW, B,
+                      rand=lambda: 1.0)
+    assert d.state == "running" and d.next_poll_at == NOW + 20 and d.error is not None
+
+
+@pytest.mark.parametrize("exc", [errors.NotFound("404"), errors.CredentialsRefused("401")])
+def test_refusals_end_the_export_only_once_confirmed(exc: errors.Refused) -> None:
+    first = policy.decide(ctx(refusals=0), exc, NOW, B, confirm_refusals=3)
+    second = policy.decide(ctx(refusals=1), exc, NOW, B, confirm_refusals=3)
+    third = policy.decide(ctx(refusals=2), exc, NOW, B, confirm_refusals=3)
+    assert not first.terminal and not second.terminal
+    assert third.state == "failed" and third.error and third.error["kind"] == exc.kind
+
+
+def test_a_good_answer_resets_refusals() -> None:
+    d = policy.decide(ctx(refusals=2), ExportStatus(state="running"), NOW, B)
+    assert d.refusals == 0
+
+
+def test_progress_brings_the_next_poll_forward_to_the_estimated_finish() -> None:
+    status = ExportStatus(state="running", progress=Progress(completed=8, total=10))
+    # 80% done after 400 s: the estimate is 100 s from now, sooner than the 300 s backoff.
+    d = policy.decide(ctx(attempts=20, started_at=NOW - 400), status, NOW, B, rand=lambda: 1.0)
+    assert d.next_poll_at == pytest.approx(NOW + 100)
+
+
+def test_callbacks_by_terminal_state() -> None:
+    assert policy.callback_kind("completed") == "on_complete"
+    assert policy.callback_kind("failed") == "on_failure"
+    assert policy.callback_kind("timed_out") == "on_failure"
+    assert policy.callback_kind("cancelled") is None
