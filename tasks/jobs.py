@@ -6,7 +6,7 @@ import json
 import logging
 from typing import Any
 
-from tasks.app import app, settings
+from tasks.celery import app, settings
 from tasks.runtime import get_engine, redis_client
 
 log = logging.getLogger("export_poller.tasks")

@@ -9,7 +9,7 @@ import redis
 from celery import signature
 
 from config.settings import get_settings
-from tasks.app import app
+from tasks.celery import app
 from tasks.engine import Engine
 from tasks.store import Store
 
@@ -32,3 +32,13 @@ def get_engine() -> Engine:
     settings = get_settings()
     store = Store(redis_client(), settings.key_prefix)
     return Engine(settings, store, _send_poll, _send_callback)
+
+
+def reconfigure() -> None:
+    """Re-read settings after the environment changed (the demo and the integration tests)."""
+    from config.settings import reset_settings
+
+    reset_settings()
+    get_engine.cache_clear()
+    redis_client.cache_clear()
+    app.conf.broker_url = get_settings().broker

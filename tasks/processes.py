@@ -1,0 +1,155 @@
+"""Starting and stopping the moving parts (a private Redis, a worker, beat) as child processes.
+
+The demo and the integration tests use the same code, so what the tests prove is what a user
+runs. Every child gets its own process group and is killed with it: nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+
+def free_port() -> int:
+    with contextlib.closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(
+    check: Callable[[], object], timeout: float, what: str, interval: float = 0.05
+) -> None:
+    """Poll a condition with a deadline: the one way this project waits for another process."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def redis_ping(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=0.5).ping())
+    except (redis.RedisError, OSError):
+        return False
+
+
+@dataclass
+class Child:
+    """A child process in its own group, with its output in a log file."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, sig)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if not self.alive():
+            return
+        self.kill(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill(signal.SIGKILL)
+            self.proc.wait(5)
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def spawn(name: str, argv: list[str], env: Mapping[str, str], workdir: Path) -> Child:
+    log_path = workdir / f"{name}.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(  # noqa: S603 - argv is built here, never from user input
+            argv,
+            env=dict(env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    return Child(name, proc, log_path)
+
+
+def start_redis(workdir: Path, *, appendonly: bool = False, port: int | None = None) -> Child:
+    """A private redis-server on a free loopback port (no persistence unless asked)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError(
+            "redis-server is not installed; set POLLER_REDIS_URL to a reachable Redis"
+        )
+    port = port or free_port()
+    argv = [
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--dir",
+        str(workdir),
+        "--appendonly",
+        "yes" if appendonly else "no",
+        "--maxmemory-policy",
+        "noeviction",
+    ]
+    child = spawn(f"redis-{port}", argv, os.environ, workdir)
+    url = f"redis://127.0.0.1:{port}/0"
+    child.extra["url"] = url
+    wait_until(lambda: redis_ping(url), 10, f"redis-server on port {port}")
+    return child
+
+
+def celery_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", "tasks", *args]
+
+
+def start_worker(
+    env: Mapping[str, str],
+    workdir: Path,
+    *,
+    name: str = "worker",
+    concurrency: int = 4,
+    pool: str = "prefork",
+) -> Child:
+    argv = celery_argv(
+        "worker",
+        "--loglevel",
+        "INFO",
+        "--concurrency",
+        str(concurrency),
+        "--pool",
+        pool,
+        "--hostname",
+        f"{name}@%h",
+        "--without-gossip",
+        "--without-mingle",
+    )
+    return spawn(name, argv, env, workdir)
+
+
+def start_beat(env: Mapping[str, str], workdir: Path, *, name: str = "beat") -> Child:
+    schedule = Path(tempfile.mkdtemp(dir=workdir)) / "beat-schedule"
+    argv = celery_argv("beat", "--loglevel", "INFO", "--schedule", str(schedule))
+    return spawn(name, argv, env, workdir)

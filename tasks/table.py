@@ -1,0 +1,47 @@
+"""The live table shown by `watch` and `demo`: one row per export, a bar where progress is known."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+COLUMNS = ("tracking id", "provider", "account", "export id", "state", "tries", "progress", "next")
+_BAR = 10
+
+
+def progress_bar(record: dict[str, Any]) -> str:
+    progress = (record.get("status") or {}).get("progress")
+    if not progress or not progress.get("total"):
+        return "-"
+    fraction = min(1.0, progress["completed"] / progress["total"])
+    filled = round(fraction * _BAR)
+    return "[" + "#" * filled + "." * (_BAR - filled) + f"] {fraction:4.0%}"
+
+
+def next_poll(record: dict[str, Any], now: float | None = None) -> str:
+    when = record.get("next_poll_at")
+    if record.get("state") not in ("pending", "running") or when is None:
+        return "-"
+    return f"{max(0.0, when - (now or time.time())):.1f}s"
+
+
+def row(record: dict[str, Any], now: float | None = None) -> tuple[str, ...]:
+    export_id = str(record.get("export_id"))
+    return (
+        str(record["tracking_id"])[:12],
+        str(record.get("provider")),
+        str(record.get("account")),
+        export_id if len(export_id) <= 20 else export_id[:19] + "…",
+        str(record.get("state")),
+        str(record.get("attempts")),
+        progress_bar(record),
+        next_poll(record, now),
+    )
+
+
+def render(records: Iterable[dict[str, Any]], now: float | None = None) -> str:
+    rows = [COLUMNS, *(row(r, now) for r in records)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(lines)

@@ -1,0 +1,120 @@
+"""A real private redis-server, the simulator over real HTTP, and real worker/beat subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from celery import signature
+
+from providers.simulator.client import SimulatorClient
+from providers.simulator.server import start_in_thread
+from tasks.demo import fast_env
+from tasks.processes import Child, start_beat, start_redis, start_worker, wait_until
+
+PREFIX = "it"
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("integration")
+
+
+@pytest.fixture(scope="session")
+def redis_server(workdir: Path) -> Iterator[Child]:
+    child = start_redis(workdir, appendonly=True)
+    yield child
+    child.stop()
+
+
+@pytest.fixture(scope="session")
+def sim() -> Iterator[Any]:
+    running = start_in_thread(port=0)
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def sim_client(sim: Any) -> SimulatorClient:
+    client = SimulatorClient(sim.url)
+    client.reset()
+    return client
+
+
+@pytest.fixture
+def env(
+    redis_server: Child, sim: Any, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[dict[str, str]]:
+    """Point this process and its children at the private Redis and the simulator."""
+    url = redis_server.extra["url"]
+    r = redis.Redis.from_url(url)
+    r.flushall()
+    settings = fast_env(url, sim.url, prefix=PREFIX)
+    for key, value in settings.items():
+        monkeypatch.setenv(key, value)
+    from tasks.runtime import reconfigure
+
+    reconfigure()
+    yield {**os.environ, **settings}
+    reconfigure()
+
+
+class Fleet:
+    """Workers and beat for one test; stopped (and checked for tracebacks) at teardown."""
+
+    def __init__(self, env: dict[str, str], workdir: Path) -> None:
+        self.env, self.workdir = env, workdir
+        self.children: list[Child] = []
+        self.r = redis.Redis.from_url(env["POLLER_REDIS_URL"], decode_responses=True)
+
+    def worker(self, name: str = "worker", concurrency: int = 2) -> Child:
+        child = start_worker(self.env, self.workdir, name=name, concurrency=concurrency)
+        self.children.append(child)
+        wait_until(lambda: "ready" in child.output(), 60, f"{name} to start")
+        return child
+
+    def beat(self, name: str = "beat") -> Child:
+        child = start_beat(self.env, self.workdir, name=name)
+        self.children.append(child)
+        return child
+
+    def callbacks(self) -> list[dict[str, Any]]:
+        return [json.loads(x) for x in self.r.lrange(f"{PREFIX}:callbacks", 0, -1)]
+
+    def wait_for_callbacks(self, count: int, timeout: float = 90) -> list[dict[str, Any]]:
+        wait_until(lambda: len(self.callbacks()) >= count, timeout, f"{count} callbacks")
+        return self.callbacks()
+
+    def stop(self) -> None:
+        for child in self.children:
+            child.stop()
+
+
+@pytest.fixture
+def fleet(env: dict[str, str], workdir: Path, request: pytest.FixtureRequest) -> Iterator[Fleet]:
+    run_dir = workdir / request.node.name[:60]
+    run_dir.mkdir(exist_ok=True)
+    fleet = Fleet(env, run_dir)
+    yield fleet
+    fleet.stop()
+
+
+def callback_sigs() -> dict[str, Any]:
+    return {
+        "on_complete": signature("exports.record_callback", args=("on_complete",)),
+        "on_failure": signature("exports.record_callback", args=("on_failure",)),
+    }
+
+
+def wait_for(check: Callable[[], object], timeout: float, what: str) -> None:
+    wait_until(check, timeout, what, interval=0.1)
+
+
+def monotonic() -> float:
+    return time.monotonic()
