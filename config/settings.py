@@ -87,6 +87,11 @@ class Settings(BaseSettings):
     record_ttl: PositiveSeconds = 7 * 24 * 3600.0
     sweep_batch: Annotated[int, Field(gt=0)] = 1000
     confirm_refusals: Annotated[int, Field(ge=1)] = 3
+    breaker_window: PositiveSeconds = 30.0
+    breaker_min_calls: Annotated[int, Field(ge=1)] = 10
+    breaker_ratio: Annotated[float, Field(gt=0, le=1)] = 0.5
+    breaker_cooldown: PositiveSeconds = 10.0
+    breaker_max_cooldown: PositiveSeconds = 300.0
     accounts: dict[str, AccountSettings] = Field(default_factory=dict)
 
     @field_validator("redis_url", "broker_url")

@@ -7,6 +7,7 @@
      │    │    ├── ServerError      5xx; `Maintenance` is Seven Bridges' 503 with code 0
      │    │    ├── BadResponse      not the documented JSON, too large, or an odd redirect
      │    │    └── RateLimited      429: wait `retry_after` seconds, then poll again
+     │    │         └── Throttled   our own fleet-wide limit or an open breaker: not sent at all
      │    └── Refused               the provider says no; ends the export once confirmed
      │         ├── NotFound         404
      │         ├── CredentialsRefused  401/403 (names the account, never the secret)
@@ -68,6 +69,15 @@ class RateLimited(RetryLater):
 
     def as_dict(self) -> dict[str, object]:
         return {**super().as_dict(), "retry_after": self.retry_after}
+
+
+class Throttled(RateLimited):
+    """Held back before sending: the account's shared rate limit, or its breaker is open."""
+
+    kind = "throttled"
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message, retry_after=retry_after, status_code=None)
 
 
 class Refused(ProviderError):

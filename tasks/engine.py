@@ -21,11 +21,13 @@ from providers.base import Provider
 from providers.models import ExportStatus
 from providers.registry import get_provider_class
 from tasks import clock, policy
+from tasks.guards import AccountGuard
 from tasks.records import public_view
 from tasks.store import Claim, Store
 
 log = logging.getLogger("export_poller.poll")
 
+Outcome = ExportStatus | errors.ProviderError
 SendPoll = Callable[[str, str, float], None]
 SendCallback = Callable[[dict[str, Any], dict[str, Any]], None]
 
@@ -68,6 +70,7 @@ class Engine:
         send_callback: SendCallback,
         *,
         providers: ProviderPool | None = None,
+        guard: AccountGuard | None = None,
         rand: Callable[[], float] = random.random,
     ) -> None:
         self.settings = settings
@@ -75,6 +78,7 @@ class Engine:
         self.send_poll = send_poll
         self.send_callback = send_callback
         self.providers = providers or ProviderPool(settings)
+        self.guard = guard
         self.rand = rand
         self.backoff = policy.Backoff(
             settings.backoff_initial,
@@ -127,30 +131,69 @@ class Engine:
     # -- one poll ----------------------------------------------------------------------------
 
     def poll(self, tid: str, token: str) -> str:
-        """Poll one export if this message is still the current one; returns what happened."""
+        """Poll one export if this message is still the current one; returns what happened.
+
+        For providers with bulk status calls (CGC), other due exports of the same account are
+        claimed too and asked about in the same request; each still gets its own commit.
+        """
         now = clock.now()
-        claim = self.store.claim(
-            tid, token, uuid.uuid4().hex, now=now, lease_until=now + self.settings.lease_seconds
-        )
+        lease_until = now + self.settings.lease_seconds
+        claim = self.store.claim(tid, token, uuid.uuid4().hex, now=now, lease_until=lease_until)
         if isinstance(claim, str):
             log.info("poll dropped tracking_id=%s reason=%s", tid, claim)
             return claim
-        outcome = self._ask(claim.fields)
-        return self._apply(claim, outcome)
-
-    def _ask(self, rec: dict[str, str]) -> ExportStatus | errors.ProviderError:
-        """Always an outcome the policy understands: a bad answer never kills a worker."""
+        account = claim.fields["account"]
         try:
-            return self.providers.get(rec["account"]).fetch(rec["export_id"])
-        except errors.ProviderError as exc:
-            return exc
+            provider = self.providers.get(account)
         except errors.ConfigurationError as exc:
-            return errors.RetryLater(str(exc))
-        except Exception as exc:
-            log.exception("adapter bug account=%s", rec.get("account"))
-            return errors.BadResponse(f"adapter raised {type(exc).__name__}")
+            return self._apply(claim, errors.RetryLater(str(exc)))
+        claims = [claim, *self._batch_mates(claim, provider, now, lease_until)]
+        outcomes = self._ask(provider, account, claims)
+        states = [self._apply(c, outcomes[c.tracking_id]) for c in claims]
+        return states[0]
 
-    def _apply(self, claim: Claim, outcome: ExportStatus | errors.ProviderError) -> str:
+    def _batch_mates(
+        self, claim: Claim, provider: Provider, now: float, lease_until: float
+    ) -> list[Claim]:
+        if provider.batch_size <= 1:
+            return []
+        return self.store.claim_batch(
+            claim.fields["account"],
+            claim.claim_id,
+            now=now,
+            lease_until=lease_until,
+            due_by=now + self.settings.backoff_floor,
+            limit=provider.batch_size - 1,
+        )
+
+    def _ask(self, provider: Provider, account: str, claims: list[Claim]) -> dict[str, Outcome]:
+        """One request for these claims; always an outcome per claim, never an exception."""
+        wait = self.guard.admit(account, clock.now()) if self.guard else None
+        if wait is not None:
+            held = errors.Throttled(
+                f"account {account!r} is held back (rate limit or open breaker)",
+                retry_after=wait + self.rand() * 0.5,
+            )
+            return {c.tracking_id: held for c in claims}
+        ids = [c.fields["export_id"] for c in claims]
+        by_id: dict[str, Outcome]
+        try:
+            by_id = provider.fetch_many(ids)
+        except errors.ProviderError as exc:
+            by_id = dict.fromkeys(ids, exc)
+        except Exception as exc:
+            log.exception("adapter bug account=%s", account)
+            by_id = dict.fromkeys(ids, errors.BadResponse(f"adapter raised {type(exc).__name__}"))
+        if self.guard:
+            failed = any(
+                isinstance(o, errors.ServerError | errors.TransportError) for o in by_id.values()
+            )
+            if self.guard.record(account, failed, clock.now()):
+                log.warning("breaker open account=%s", account)
+        missing = errors.BadResponse(f"{provider.name} said nothing about this export")
+        return {c.tracking_id: by_id.get(c.fields["export_id"], missing) for c in claims}
+
+    def _apply(self, claim: Claim, outcome: Outcome) -> str:
         rec, now = claim.fields, clock.now()
         ctx = policy.PollContext(
             attempts=int(rec["attempts"]) + 1,

@@ -171,3 +171,13 @@ def callback_kind(state: str) -> str | None:
     if state in FAILURE_STATES:
         return "on_failure"
     return None
+
+
+def breaker_trips(total: int, failures: int, *, min_calls: int, ratio: float) -> bool:
+    """An account's breaker opens when most of enough recent answers were 5xx or timeouts."""
+    return total >= min_calls and failures >= ratio * total
+
+
+def breaker_cooldown(trips: int, *, base: float, maximum: float) -> float:
+    """Each trip in a row doubles the pause, so a provider that stays down is asked rarely."""
+    return float(min(maximum, base * 2 ** min(max(trips - 1, 0), 32)))

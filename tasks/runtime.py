@@ -11,6 +11,7 @@ from celery import signature
 from config.settings import get_settings
 from tasks.celery import app
 from tasks.engine import Engine
+from tasks.guards import AccountGuard
 from tasks.store import Store
 
 
@@ -31,7 +32,8 @@ def redis_client() -> redis.Redis:
 def get_engine() -> Engine:
     settings = get_settings()
     store = Store(redis_client(), settings.key_prefix)
-    return Engine(settings, store, _send_poll, _send_callback)
+    guard = AccountGuard(settings, redis_client())
+    return Engine(settings, store, _send_poll, _send_callback, guard=guard)
 
 
 def reconfigure() -> None:
@@ -41,4 +43,4 @@ def reconfigure() -> None:
     reset_settings()
     get_engine.cache_clear()
     redis_client.cache_clear()
-    app.conf.broker_url = get_settings().broker
+    app.conf.update(broker_url=get_settings().broker)

@@ -8,6 +8,10 @@ Keys (prefix `ep` by default):
                             parked poll, or a rescue time for one handed to Celery or in flight
     {p}:deadlines    zset   tid -> deadline, so expiry costs what is due, not what is tracked
     {p}:outbox       zset   tid -> when its callback is (re)dispatched
+    {p}:acct:{name}  zset   tid -> next poll time, per account: batching due polls (CGC)
+
+Scripts touch the idempotency and account keys they read from a record, so the store assumes one
+Redis server (not Redis Cluster), as Celery's Redis transport does.
 
 Every change of state is one Lua script, so two workers, two beats or a replayed message can
 never both move an export or both dispatch its callback. Broker messages carry only a tracking id
@@ -35,9 +39,10 @@ if existing then
   if state == 'pending' or state == 'running' then return {0, existing} end
 end
 redis.call('SET', KEYS[1], ARGV[1])
-redis.call('HSET', KEYS[2], unpack(ARGV, 5))
+redis.call('HSET', KEYS[2], unpack(ARGV, 6))
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[5], ARGV[5], ARGV[1])
 return {1, ARGV[1]}
 """
 
@@ -56,6 +61,7 @@ return out
 """
 
 _FINISH_TAIL = """
+  redis.call('ZREM', ARGV_PREFIX .. 'acct:' .. redis.call('HGET', KEYS[1], 'account'), ARGV[1])
   redis.call('ZREM', KEYS[2], ARGV[1])
   redis.call('ZREM', KEYS[3], ARGV[1])
   local idem = redis.call('HGET', KEYS[1], 'idem')
@@ -64,13 +70,16 @@ _FINISH_TAIL = """
 
 _COMMIT = f"""
 if redis.call('HGET', KEYS[1], 'claim') ~= ARGV[2] then return 0 end
+local ARGV_PREFIX = ARGV[7]
 redis.call('HDEL', KEYS[1], 'claim', 'lease_until')
-redis.call('HSET', KEYS[1], 'token', ARGV[6], unpack(ARGV, 7))
+redis.call('HSET', KEYS[1], 'token', ARGV[6], unpack(ARGV, 9))
 if ARGV[3] == '1' then
   {_FINISH_TAIL}
   redis.call('ZADD', KEYS[4], ARGV[5], ARGV[1])
 else
   redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
+  redis.call('ZADD', ARGV_PREFIX .. 'acct:' .. redis.call('HGET', KEYS[1], 'account'), ARGV[8],
+             ARGV[1])
 end
 return 1
 """
@@ -79,8 +88,9 @@ _FINISH = f"""
 local v = redis.call('HMGET', KEYS[1], 'state', 'lease_until')
 if v[1] ~= 'pending' and v[1] ~= 'running' then return 0 end
 if ARGV[5] == '1' and v[2] and tonumber(v[2]) > tonumber(ARGV[3]) then return 0 end
+local ARGV_PREFIX = ARGV[7]
 redis.call('HDEL', KEYS[1], 'claim', 'lease_until')
-redis.call('HSET', KEYS[1], 'state', ARGV[2], 'token', '', unpack(ARGV, 7))
+redis.call('HSET', KEYS[1], 'state', ARGV[2], 'token', '', unpack(ARGV, 8))
 {_FINISH_TAIL}
 if ARGV[4] == '1' then
   redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
@@ -101,6 +111,25 @@ for _, tid in ipairs(due) do
     out[#out + 1] = token
   else
     redis.call('ZREM', KEYS[1], tid)
+  end
+end
+return out
+"""
+
+_CLAIM_BATCH = """
+local limit = tonumber(ARGV[4])
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[6], 'LIMIT', 0, 2 * limit)
+local out = {}
+for _, tid in ipairs(due) do
+  if #out >= 2 * limit then break end
+  local key = ARGV[5] .. tid
+  local v = redis.call('HMGET', key, 'state', 'lease_until')
+  if (v[1] == 'pending' or v[1] == 'running')
+      and not (v[2] and tonumber(v[2]) > tonumber(ARGV[1])) then
+    redis.call('HSET', key, 'lease_until', ARGV[2], 'claim', ARGV[3])
+    redis.call('ZADD', KEYS[2], ARGV[2], tid)
+    out[#out + 1] = tid
+    out[#out + 1] = redis.call('HGETALL', key)
   end
 end
 return out
@@ -160,10 +189,14 @@ class Store:
         self._commit = client.register_script(_COMMIT)
         self._finish = client.register_script(_FINISH)
         self._due = client.register_script(_DUE)
+        self._claim_batch = client.register_script(_CLAIM_BATCH)
         self._claim_outbox = client.register_script(_CLAIM_OUTBOX)
 
     def key(self, tid: str) -> str:
         return f"{self.prefix}:x:{tid}"
+
+    def acct_key(self, account: str) -> str:
+        return f"{self.prefix}:acct:{account}"
 
     def idem_key(self, account: str, export_id: str) -> str:
         return f"{self.prefix}:idem:{idem_digest(account, export_id)}"
@@ -173,14 +206,9 @@ class Store:
     ) -> tuple[bool, str]:
         """Create a record unless this (account, export id) is already active: (created, tid)."""
         idem = self.idem_key(str(fields["account"]), str(fields["export_id"]))
-        args: list[Arg] = [
-            tid,
-            rescue_at,
-            deadline,
-            f"{self.prefix}:x:",
-            *_pairs({**fields, "idem": idem}),
-        ]
-        keys = [idem, self.key(tid), self.sched, self.deadlines]
+        args: list[Arg] = [tid, rescue_at, deadline, f"{self.prefix}:x:", fields["next_poll_at"]]
+        args += _pairs({**fields, "idem": idem})
+        keys = [idem, self.key(tid), self.sched, self.deadlines, self.acct_key(fields["account"])]
         created, existing = self._track(keys=keys, args=args)
         return bool(created), _text(existing)
 
@@ -208,6 +236,7 @@ class Store:
         """Write a poll's result if its claim still holds; terminal writes also fill the outbox."""
         tid = claim.tracking_id
         args: list[Arg] = [tid, claim.claim_id, int(terminal), sched_score or 0, now, new_token]
+        args += [f"{self.prefix}:", fields.get("next_poll_at") or 0]
         keys = [self.key(tid), self.sched, self.deadlines, self.outbox]
         return bool(self._commit(keys=keys, args=args + _pairs(fields)))
 
@@ -223,15 +252,8 @@ class Store:
         ttl: float,
     ) -> bool:
         """Force an active export into a terminal state (cancel, deadline expiry)."""
-        args: list[Arg] = [
-            tid,
-            state,
-            now,
-            int(notify),
-            int(respect_lease),
-            int(ttl),
-            *_pairs(fields),
-        ]
+        args: list[Arg] = [tid, state, now, int(notify), int(respect_lease), int(ttl)]
+        args += [f"{self.prefix}:", *_pairs(fields)]
         keys = [self.key(tid), self.sched, self.deadlines, self.outbox]
         return bool(self._finish(keys=keys, args=args))
 
@@ -242,6 +264,26 @@ class Store:
             for x in self._due(keys=[self.sched], args=[now, rescue_at, limit, f"{self.prefix}:x:"])
         ]
         return list(zip(flat[::2], flat[1::2], strict=True))
+
+    def claim_batch(
+        self,
+        account: str,
+        claim_id: str,
+        *,
+        now: float,
+        lease_until: float,
+        due_by: float,
+        limit: int,
+    ) -> list[Claim]:
+        """Take up to `limit` more polls of one account due by `due_by`, for one bulk request."""
+        if limit <= 0:
+            return []
+        args: list[Arg] = [now, lease_until, claim_id, limit, f"{self.prefix}:x:", due_by]
+        flat = self._claim_batch(keys=[self.acct_key(account), self.sched], args=args)
+        return [
+            Claim(_text(tid), claim_id, _hash([_text(x) for x in fields]))
+            for tid, fields in zip(flat[::2], flat[1::2], strict=True)
+        ]
 
     def expired(self, before: float, limit: int) -> list[str]:
         ids = self.r.zrangebyscore(self.deadlines, "-inf", before, start=0, num=limit)

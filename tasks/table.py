@@ -14,7 +14,7 @@ def progress_bar(record: dict[str, Any]) -> str:
     progress = (record.get("status") or {}).get("progress")
     if not progress or not progress.get("total"):
         return "-"
-    fraction = min(1.0, progress["completed"] / progress["total"])
+    fraction = min(1.0, float(progress["completed"]) / float(progress["total"]))
     filled = round(fraction * _BAR)
     return "[" + "#" * filled + "." * (_BAR - filled) + f"] {fraction:4.0%}"
 

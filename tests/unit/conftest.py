@@ -32,6 +32,7 @@ class ScriptedProvider:
     """Answers from a per-export script; the last answer repeats once the script runs out."""
 
     name = "scripted"
+    batch_size = 1
 
     def __init__(self) -> None:
         self.scripts: dict[str, list[ExportStatus | errors.ProviderError]] = {}
@@ -43,13 +44,13 @@ class ScriptedProvider:
             for a in answers
         ]
 
-    def fetch(self, export_id: str) -> ExportStatus:
+    def fetch(self, export_id: str) -> ExportStatus | errors.ProviderError:
         self.calls.append(export_id)
         script = self.scripts.get(export_id) or [ExportStatus(state="running")]
-        answer = script.pop(0) if len(script) > 1 else script[0]
-        if isinstance(answer, errors.ProviderError):
-            raise answer
-        return answer
+        return script.pop(0) if len(script) > 1 else script[0]
+
+    def fetch_many(self, export_ids: list[str]) -> dict[str, ExportStatus | errors.ProviderError]:
+        return {export_id: self.fetch(export_id) for export_id in export_ids}
 
 
 class FakePool:
@@ -129,7 +130,10 @@ def engine(
     settings: Settings, store: Store, broker: Broker, provider: ScriptedProvider, fake_clock: Clock
 ) -> Engine:
     return Engine(
-        settings, store, broker.send_poll, broker.send_callback,
+        settings,
+        store,
+        broker.send_poll,
+        broker.send_callback,
         providers=FakePool(provider),  # type: ignore[arg-type]
         rand=lambda: 1.0,
     )

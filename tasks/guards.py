@@ -1,0 +1,95 @@
+"""Fleet-wide admission per account, shared by every worker through Redis.
+
+Two guards run before a request leaves: the account's rate limit (the `limits` library, moving
+window, Redis storage: Celery's own `rate_limit` is per worker and cannot honour a provider's
+global cap) and a circuit breaker that pauses all of an account's polls together when its
+answers are mostly 5xx or timeouts. A held-back poll is rescheduled, never busy-waited.
+"""
+
+from __future__ import annotations
+
+import time
+from functools import cache
+from typing import Any, cast
+
+import limits
+import redis
+from limits.storage import RedisStorage
+from limits.strategies import MovingWindowRateLimiter
+
+from config.settings import Settings
+from tasks import policy
+
+
+class AccountGuard:
+    def __init__(self, settings: Settings, client: redis.Redis) -> None:
+        self.settings = settings
+        self.r = client
+        self.prefix = f"{settings.key_prefix}:brk"
+        self._limiter: MovingWindowRateLimiter | None = None
+
+    @property
+    def limiter(self) -> MovingWindowRateLimiter:
+        if self._limiter is None:
+            url = self.settings.redis_url
+            storage = RedisStorage(url, key_prefix=f"{self.settings.key_prefix}:rl")
+            # Share this process's client (its pool, TLS and password) with the limiter.
+            storage.storage = self.r
+            storage.initialize_storage(url)
+            self._limiter = MovingWindowRateLimiter(storage)
+        return self._limiter
+
+    def admit(self, account: str, now: float) -> float | None:
+        """None to go ahead (one request of budget is spent), or how many seconds to wait."""
+        open_until = self.r.get(f"{self.prefix}:{account}:open")
+        if open_until is not None and float(cast(Any, open_until)) > now:
+            return float(cast(Any, open_until)) - now
+        item = (
+            _limit(self.settings.accounts[account].rate_limit)
+            if account in self.settings.accounts
+            else None
+        )
+        if item is None or self.limiter.hit(item, account):
+            return None
+        reset = self.limiter.get_window_stats(item, account).reset_time
+        return max(0.05, reset - time.time())
+
+    def record(self, account: str, failed: bool, now: float) -> bool:
+        """Count one answer; returns True when this answer tripped the breaker."""
+        s = self.settings
+        window = int(now // s.breaker_window)
+        base = f"{self.prefix}:{account}"
+        ttl = int(2 * s.breaker_window) + 1
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.incr(f"{base}:t:{window}")
+            pipe.expire(f"{base}:t:{window}", ttl)
+            pipe.incrby(f"{base}:f:{window}", int(failed))
+            pipe.expire(f"{base}:f:{window}", ttl)
+            total, _, failures, _ = pipe.execute()
+        if not policy.breaker_trips(
+            total, failures, min_calls=s.breaker_min_calls, ratio=s.breaker_ratio
+        ):
+            if total >= s.breaker_min_calls:
+                self.r.delete(f"{base}:trips")
+            return False
+        return self._trip(base, window, now)
+
+    def _trip(self, base: str, window: int, now: float) -> bool:
+        s = self.settings
+        trips = int(cast(Any, self.r.incr(f"{base}:trips")))
+        self.r.expire(f"{base}:trips", int(4 * s.breaker_max_cooldown))
+        cooldown = policy.breaker_cooldown(
+            trips, base=s.breaker_cooldown, maximum=s.breaker_max_cooldown
+        )
+        self.r.set(f"{base}:open", repr(now + cooldown), px=int(cooldown * 1000))
+        self.r.delete(f"{base}:t:{window}", f"{base}:f:{window}")
+        return True
+
+    def state(self, account: str, now: float) -> str:
+        open_until = self.r.get(f"{self.prefix}:{account}:open")
+        return "open" if open_until is not None and float(cast(Any, open_until)) > now else "closed"
+
+
+@cache
+def _limit(text: str | None) -> limits.RateLimitItem | None:
+    return limits.parse(text) if text else None

@@ -1,0 +1,128 @@
+"""Fleet-wide guards: the shared rate limit, the per-account breaker, and bulk batching."""
+
+from __future__ import annotations
+
+import fakeredis
+import pytest
+
+from config.settings import AccountSettings, Settings
+from providers import errors
+from providers.models import ExportStatus
+from tasks.engine import Engine
+from tasks.guards import AccountGuard
+from tasks.store import Store
+from tests.unit.conftest import Broker, Clock, FakePool, ScriptedProvider
+
+
+def make_settings(**kw: object) -> Settings:
+    accounts = {"scripted": AccountSettings(provider="scripted", rate_limit=kw.pop("limit", None))}
+    return Settings(_env_file=None, accounts=accounts, **kw)  # type: ignore[call-arg,arg-type]
+
+
+def make_engine(
+    settings: Settings, client: fakeredis.FakeRedis, provider: ScriptedProvider, broker: Broker
+) -> Engine:
+    return Engine(
+        settings,
+        Store(client, settings.key_prefix),
+        broker.send_poll,
+        broker.send_callback,
+        providers=FakePool(provider),  # type: ignore[arg-type]
+        guard=AccountGuard(settings, client),
+        rand=lambda: 0.0,
+    )
+
+
+def track(engine: Engine, export_id: str) -> str:
+    fields = {
+        "provider": "scripted",
+        "account": "scripted",
+        "export_id": export_id,
+        "metadata": {},
+        "on_complete": "",
+        "on_failure": "",
+    }
+    return engine.track(fields, 3600)
+
+
+def test_rate_limit_holds_polls_back_without_sending_them(
+    redis_client: fakeredis.FakeRedis,
+    provider: ScriptedProvider,
+    broker: Broker,
+    fake_clock: Clock,
+) -> None:
+    engine = make_engine(make_settings(limit="3/minute"), redis_client, provider, broker)
+    for i in range(5):
+        track(engine, f"e{i}")
+    for tid, token, _ in broker.take_polls():
+        engine.poll(tid, token)
+    assert len(provider.calls) == 3
+    records = [engine.get(tid) for tid in engine.store.iter_ids()]
+    held = [r for r in records if r and r["attempts"] == 0]
+    assert len(held) == 2 and len(broker.polls) == 5  # every export has its next poll booked
+    for record in held:
+        assert record and record["error"]["kind"] == "throttled"
+        assert 0 < record["next_poll_at"] - fake_clock() <= 61
+
+
+def test_breaker_opens_on_mostly_5xx_and_holds_every_export_of_the_account(
+    redis_client: fakeredis.FakeRedis,
+    provider: ScriptedProvider,
+    broker: Broker,
+    fake_clock: Clock,
+) -> None:
+    settings = make_settings(breaker_min_calls=4, breaker_ratio=0.5, breaker_cooldown=10)
+    engine = make_engine(settings, redis_client, provider, broker)
+    for i in range(6):
+        provider.script(f"e{i}", errors.ServerError("503"), ExportStatus(state="completed"))
+        track(engine, f"e{i}")
+    for tid, token, _ in broker.take_polls():
+        engine.poll(tid, token)
+    assert len(provider.calls) == 4  # the 4th failure opened the breaker; 2 polls never left
+    assert engine.guard and engine.guard.state("scripted", fake_clock()) == "open"
+
+
+def test_breaker_closes_when_the_provider_recovers(
+    redis_client: fakeredis.FakeRedis,
+    broker: Broker,
+    fake_clock: Clock,
+) -> None:
+    settings = make_settings(breaker_min_calls=2, breaker_ratio=0.5, breaker_cooldown=10)
+    guard = AccountGuard(settings, redis_client)
+    now = fake_clock()
+    assert not guard.record("scripted", True, now)
+    assert guard.record("scripted", True, now)
+    assert guard.admit("scripted", now) == pytest.approx(10)
+    assert guard.admit("scripted", now + 10.5) is None  # cooled down: polls flow again
+    assert not guard.record("scripted", False, now + 11)
+    assert guard.state("scripted", now + 11) == "closed"
+
+
+def test_bulk_providers_coalesce_due_polls_into_one_request(
+    redis_client: fakeredis.FakeRedis,
+    broker: Broker,
+    fake_clock: Clock,
+) -> None:
+    class Bulk(ScriptedProvider):
+        batch_size = 100
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.requests: list[list[str]] = []
+
+        def fetch_many(
+            self, export_ids: list[str]
+        ) -> dict[str, ExportStatus | errors.ProviderError]:
+            self.requests.append(list(export_ids))
+            return {e: ExportStatus(state="completed") for e in export_ids}
+
+    provider = Bulk()
+    engine = make_engine(make_settings(), redis_client, provider, broker)
+    for i in range(250):
+        track(engine, f"e{i}")
+    for tid, token, _ in broker.take_polls():
+        engine.poll(tid, token)
+    assert [len(r) for r in provider.requests] == [100, 100, 50]
+    states = {engine.get(tid)["state"] for tid in engine.store.iter_ids()}  # type: ignore[index]
+    assert states == {"completed"}
+    assert redis_client.zcard("ep:outbox") == 0
