@@ -200,7 +200,8 @@ def _drain_callbacks(tracked: dict[str, Tracked]) -> None:
         item = tracked.get(record["tracking_id"])
         if item is not None:
             item.callbacks.append(entry["label"])
-        result = (record.get("status") or {}).get("result") or record.get("error") or {}
+        status = record.get("status") or {}
+        result = status.get("error") or record.get("error") or status.get("result") or {}
         print(
             f"callback {entry['label']:<11} {record['provider']:<15} {record['state']:<9} "
             f"attempts={record['attempts']:<2} {json.dumps(result, sort_keys=True)[:90]}"

@@ -73,8 +73,8 @@ def test_a_worker_killed_mid_run_loses_no_export_and_doubles_no_callback(
     cases = [(providers[i % 4], {"outcome": "completed", "running_polls": 6 + i % 5}, "completed")
              for i in range(40)]
     expected = track_cases(sim_client, cases)
-    wait_for(lambda: sum(1 for x in fleet.callbacks()) >= 5 or sim_client.stats()["total"] > 80,
-             60, "the fleet to be mid-run")
+    wait_for(lambda: sim_client.stats()["total"] >= 100, 60, "the fleet to be mid-run")
+    assert "exports.poll" in victim.output() and len(fleet.callbacks()) < len(expected)
     victim.kill(signal.SIGKILL)
     fleet.worker("replacement", concurrency=2)
     assert_one_callback_each(fleet, expected)
