@@ -17,10 +17,11 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 from urllib.parse import quote, urljoin, urlsplit
 
 import requests
+from pydantic import BaseModel, ValidationError
 from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase
 
@@ -34,8 +35,12 @@ MAX_EXPORT_ID_BYTES = 1024
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS = 3
+_DOT_SEGMENTS = frozenset({".", ".."})
 
 Outcome = ExportStatus | errors.ProviderError
+_M = TypeVar("_M", bound=BaseModel)
+_SECRET_FIELDS = ("token", "password", "access_key", "secret_key")
+_MIN_REDACTED = 4
 
 
 @dataclass(frozen=True)
@@ -48,9 +53,26 @@ class StatusRequest:
 
 
 def path_segment(export_id: str) -> str:
-    """Percent-encode an id so that it stays one path segment (`../../admin` cannot climb out)."""
-    encoded = quote(export_id, safe="")
-    return encoded.replace(".", "%2E") if set(encoded) == {"."} else encoded
+    """Percent-encode an id so that it stays one path segment (`../../admin` cannot climb out).
+
+    `.` and `..` are refused rather than encoded: requests turns `%2E` back into `.` before
+    sending, so no encoding keeps them from being read as "this" or "parent" directory.
+    """
+    if export_id in _DOT_SEGMENTS:
+        raise errors.InvalidExportId(f"export id must not be {export_id!r}")
+    return quote(export_id, safe="")
+
+
+def validate_answer(model: type[_M], body: Any, who: str) -> _M:
+    """Check an answer's shape; any mismatch is a `BadResponse` naming the provider and field."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        where = ".".join(str(part) for part in first["loc"]) or "body"
+        raise errors.BadResponse(
+            f"{who} answer is not the documented JSON: {where}: {first['msg']}"
+        ) from exc
 
 
 class Provider(ABC):
@@ -115,6 +137,8 @@ class Provider(ABC):
             raise errors.InvalidExportId(f"export id is over {MAX_EXPORT_ID_BYTES} bytes")
         if _CONTROL.search(export_id):
             raise errors.InvalidExportId("export id must not contain control characters")
+        if export_id in _DOT_SEGMENTS:
+            raise errors.InvalidExportId(f"export id must not be {export_id!r}")
         if cls.id_pattern is not None and not cls.id_pattern.fullmatch(export_id):
             raise errors.InvalidExportId(
                 f"{cls.name} export ids must match {cls.id_pattern.pattern!r}, got {export_id!r}"
@@ -217,6 +241,15 @@ class Provider(ABC):
             )
         return base.rstrip("/")
 
+    def redact(self, text: str) -> str:
+        """Mask this account's secrets in provider-supplied text: some error bodies echo a token."""
+        for field in _SECRET_FIELDS:
+            value = getattr(self.account, field)
+            secret = value.get_secret_value() if value is not None else ""
+            if len(secret) >= _MIN_REDACTED:
+                text = text.replace(secret, "***")
+        return text
+
     def require(self, field: str) -> str:
         """A credential from the account, or a configuration error naming the missing setting."""
         value = getattr(self.account, field)
@@ -257,7 +290,7 @@ def map_http_error(
 ) -> errors.ProviderError:
     """One mapping for all: 429 waits, 5xx retries, 401/403/404/4xx are refusals to confirm."""
     said = provider.describe_error(body)
-    detail = f": {said}" if said else ""
+    detail = f": {provider.redact(said)}" if said else ""
     if status == 429:
         wait = retry_after_seconds(headers)
         return errors.RateLimited(
