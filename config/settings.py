@@ -1,8 +1,10 @@
 """One settings object with explicit precedence: init kwargs > environment > `.env` file > defaults.
 
-Accounts are nested: `POLLER_ACCOUNTS__ACME__PROVIDER=cometly` defines the account `acme`. Names are
-case-insensitive and stored lower-case. Credentials are `SecretStr`, so they never show in a repr,
-a log line or an exception; they are read with `.get_secret_value()` only where a request is signed.
+Accounts are nested: `POLLER_ACCOUNTS__ACME__PROVIDER=cometly` defines the account `acme`; or
+`POLLER_ACCOUNTS` holds them all as JSON, for deployments that pass one variable. Names are
+case-insensitive and stored lower-case. Empty variables count as unset. Credentials are
+`SecretStr`, so they never show in a repr, a log line or an exception; they are read with
+`.get_secret_value()` only where a request is signed.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ class Settings(BaseSettings):
         env_nested_delimiter="__",
         case_sensitive=False,
         env_file=".env",
+        env_ignore_empty=True,
         extra="ignore",
     )
 

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import click
 import pydantic
 import redis
+from pydantic_settings import SettingsError
 
 from providers.errors import ConfigurationError
 
@@ -37,6 +38,8 @@ def user_errors(func: F) -> F:
             return func(*args, **kwargs)
         except ConfigurationError as exc:
             _fail(str(exc))
+        except SettingsError as exc:
+            _fail(f"bad setting: {exc}")
         except pydantic.ValidationError as exc:
             first = exc.errors()[0]
             where = "POLLER_" + "__".join(str(p).upper() for p in first["loc"])
@@ -184,6 +187,21 @@ def simulate(ctx: click.Context) -> None:
     from providers.simulator.server import main as simulator_main
 
     sys.exit(simulator_main(list(ctx.args)))
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=9808, show_default=True)
+@user_errors
+def metrics(host: str, port: int) -> None:
+    """Serve Prometheus metrics (tracked exports, polls, callback lag, waits, breakers)."""
+    from tasks.metrics import serve
+    from tasks.runtime import get_engine
+
+    engine = get_engine()
+    engine.store.counts()  # fail now, in one line, if Redis is unreachable
+    click.echo(f"serving metrics on http://{host}:{port}/metrics")
+    serve(engine, host, port)
 
 
 @main.command()

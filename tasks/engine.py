@@ -217,8 +217,15 @@ class Engine:
         if handoff and sched is not None:
             sched += self.settings.rescue_grace
         token = uuid.uuid4().hex[:16]
+        said = outcome.state if isinstance(outcome, ExportStatus) else outcome.kind
         if not self.store.commit(
-            claim, fields, new_token=token, now=now, terminal=decision.terminal, sched_score=sched
+            claim,
+            fields,
+            new_token=token,
+            now=now,
+            terminal=decision.terminal,
+            sched_score=sched,
+            outcome=said,
         ):
             log.warning("poll lost its claim tracking_id=%s", claim.tracking_id)
             return "lost"
@@ -244,7 +251,11 @@ class Engine:
         signature = rec.get(kind) if kind else None
         if signature:
             self.send_callback(json.loads(signature), public_view(tid, rec))
-        self.store.ack_outbox(tid, now=clock.now(), ttl=self.settings.record_ttl)
+        done = clock.now()
+        lag = done - float(rec["finished_at"]) if signature and rec.get("finished_at") else None
+        self.store.ack_outbox(
+            tid, now=done, ttl=self.settings.record_ttl, provider=rec.get("provider", ""), lag=lag
+        )
         log.info("callback tracking_id=%s state=%s sent=%s", tid, rec.get("state"), kind)
         return bool(signature)
 

@@ -9,6 +9,7 @@ Keys (prefix `ep` by default):
     {p}:deadlines    zset   tid -> deadline, so expiry costs what is due, not what is tracked
     {p}:outbox       zset   tid -> when its callback is (re)dispatched
     {p}:acct:{name}  zset   tid -> next poll time, per account: batching due polls (CGC)
+    {p}:metrics      hash   counters and gauges for Prometheus, kept by the same scripts
 
 Scripts touch the idempotency and account keys they read from a record, so the store assumes one
 Redis server (not Redis Cluster), as Celery's Redis transport does.
@@ -43,6 +44,8 @@ redis.call('HSET', KEYS[2], unpack(ARGV, 6))
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
 redis.call('ZADD', KEYS[5], ARGV[5], ARGV[1])
+local provider = redis.call('HGET', KEYS[2], 'provider')
+redis.call('HINCRBY', KEYS[6], 'active|' .. provider .. '|pending', 1)
 return {1, ARGV[1]}
 """
 
@@ -68,11 +71,30 @@ _FINISH_TAIL = """
   if idem and redis.call('GET', idem) == ARGV[1] then redis.call('DEL', idem) end
 """
 
+_MOVE = """
+local function move(metrics, provider, old, new)
+  if old == new then return end
+  if old == 'pending' or old == 'running' then
+    redis.call('HINCRBY', metrics, 'active|' .. provider .. '|' .. old, -1)
+  end
+  if new == 'pending' or new == 'running' then
+    redis.call('HINCRBY', metrics, 'active|' .. provider .. '|' .. new, 1)
+  else
+    redis.call('HINCRBY', metrics, 'finished|' .. provider .. '|' .. new, 1)
+  end
+end
+"""
+
 _COMMIT = f"""
-if redis.call('HGET', KEYS[1], 'claim') ~= ARGV[2] then return 0 end
+{_MOVE}
+local before = redis.call('HMGET', KEYS[1], 'claim', 'state', 'provider')
+if before[1] ~= ARGV[2] then return 0 end
 local ARGV_PREFIX = ARGV[7]
+local metrics = ARGV_PREFIX .. 'metrics'
 redis.call('HDEL', KEYS[1], 'claim', 'lease_until')
-redis.call('HSET', KEYS[1], 'token', ARGV[6], unpack(ARGV, 9))
+redis.call('HSET', KEYS[1], 'token', ARGV[6], unpack(ARGV, 10))
+redis.call('HINCRBY', metrics, 'polls|' .. before[3] .. '|' .. ARGV[9], 1)
+move(metrics, before[3], before[2], redis.call('HGET', KEYS[1], 'state'))
 if ARGV[3] == '1' then
   {_FINISH_TAIL}
   redis.call('ZADD', KEYS[4], ARGV[5], ARGV[1])
@@ -85,12 +107,14 @@ return 1
 """
 
 _FINISH = f"""
-local v = redis.call('HMGET', KEYS[1], 'state', 'lease_until')
+{_MOVE}
+local v = redis.call('HMGET', KEYS[1], 'state', 'lease_until', 'provider')
 if v[1] ~= 'pending' and v[1] ~= 'running' then return 0 end
 if ARGV[5] == '1' and v[2] and tonumber(v[2]) > tonumber(ARGV[3]) then return 0 end
 local ARGV_PREFIX = ARGV[7]
 redis.call('HDEL', KEYS[1], 'claim', 'lease_until')
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'token', '', unpack(ARGV, 8))
+move(ARGV_PREFIX .. 'metrics', v[3], v[1], ARGV[2])
 {_FINISH_TAIL}
 if ARGV[4] == '1' then
   redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
@@ -184,6 +208,7 @@ class Store:
         self.sched = f"{prefix}:sched"
         self.deadlines = f"{prefix}:deadlines"
         self.outbox = f"{prefix}:outbox"
+        self.metrics = f"{prefix}:metrics"
         self._track = client.register_script(_TRACK)
         self._claim = client.register_script(_CLAIM)
         self._commit = client.register_script(_COMMIT)
@@ -208,7 +233,14 @@ class Store:
         idem = self.idem_key(str(fields["account"]), str(fields["export_id"]))
         args: list[Arg] = [tid, rescue_at, deadline, f"{self.prefix}:x:", fields["next_poll_at"]]
         args += _pairs({**fields, "idem": idem})
-        keys = [idem, self.key(tid), self.sched, self.deadlines, self.acct_key(fields["account"])]
+        keys = [
+            idem,
+            self.key(tid),
+            self.sched,
+            self.deadlines,
+            self.acct_key(fields["account"]),
+            self.metrics,
+        ]
         created, existing = self._track(keys=keys, args=args)
         return bool(created), _text(existing)
 
@@ -232,11 +264,12 @@ class Store:
         now: float,
         terminal: bool,
         sched_score: float | None,
+        outcome: str = "unknown",
     ) -> bool:
         """Write a poll's result if its claim still holds; terminal writes also fill the outbox."""
         tid = claim.tracking_id
         args: list[Arg] = [tid, claim.claim_id, int(terminal), sched_score or 0, now, new_token]
-        args += [f"{self.prefix}:", fields.get("next_poll_at") or 0]
+        args += [f"{self.prefix}:", fields.get("next_poll_at") or 0, outcome]
         keys = [self.key(tid), self.sched, self.deadlines, self.outbox]
         return bool(self._commit(keys=keys, args=args + _pairs(fields)))
 
@@ -300,9 +333,15 @@ class Store:
             return None
         return _hash([_text(x) for x in reply])
 
-    def ack_outbox(self, tid: str, *, now: float, ttl: float) -> None:
+    def ack_outbox(
+        self, tid: str, *, now: float, ttl: float, provider: str = "", lag: float | None = None
+    ) -> None:
+        """Done with a callback; its lag (terminal state -> dispatch) feeds the metrics."""
         with self.r.pipeline(transaction=True) as pipe:
             pipe.zrem(self.outbox, tid)
+            if lag is not None:
+                pipe.hincrby(self.metrics, f"callbacks|{provider}", 1)
+                pipe.hincrbyfloat(self.metrics, f"callback_lag_sum|{provider}", max(lag, 0.0))
             pipe.hset(self.key(tid), "callback_at", repr(now))
             pipe.expire(self.key(tid), int(ttl))
             pipe.execute()
@@ -319,6 +358,10 @@ class Store:
         cut = len(self.prefix) + 3
         for key in self.r.scan_iter(match=f"{self.prefix}:x:*", count=count):
             yield _text(key)[cut:]
+
+    def metric_fields(self) -> dict[str, float]:
+        raw = cast(dict[Any, Any], self.r.hgetall(self.metrics))
+        return {_text(k): float(_text(v)) for k, v in raw.items()}
 
     def counts(self) -> dict[str, int]:
         return {

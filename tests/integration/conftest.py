@@ -48,9 +48,7 @@ def sim_client(sim: Any) -> SimulatorClient:
 
 
 @pytest.fixture
-def env(
-    redis_server: Child, sim: Any, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[dict[str, str]]:
+def env(redis_server: Child, sim: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
     """Point this process and its children at the private Redis and the simulator."""
     url = redis_server.extra["url"]
     r = redis.Redis.from_url(url)

@@ -1,4 +1,4 @@
-"""End to end: a real redis-server, real Celery worker and beat processes, the simulator over HTTP."""
+"""End to end: a real redis-server, real worker and beat processes, the simulator over HTTP."""
 
 from __future__ import annotations
 
@@ -70,8 +70,10 @@ def test_a_worker_killed_mid_run_loses_no_export_and_doubles_no_callback(
     fleet.worker("survivor", concurrency=2)
     fleet.beat()
     providers = ["chaossearch", "saymon", "biodatacatalyst", "cgc"]
-    cases = [(providers[i % 4], {"outcome": "completed", "running_polls": 6 + i % 5}, "completed")
-             for i in range(40)]
+    cases = [
+        (providers[i % 4], {"outcome": "completed", "running_polls": 6 + i % 5}, "completed")
+        for i in range(40)
+    ]
     expected = track_cases(sim_client, cases)
     wait_for(lambda: sim_client.stats()["total"] >= 100, 60, "the fleet to be mid-run")
     assert "exports.poll" in victim.output() and len(fleet.callbacks()) < len(expected)
@@ -92,7 +94,10 @@ def test_a_poll_message_replayed_by_hand_is_ignored(
     fleet.wait_for_callbacks(1)
     polls = sim_client.job("saymon", export_id)["polls"]
     app.send_task("exports.poll", args=(tid, first_token))
-    wait_for(lambda: f"poll dropped tracking_id={tid} reason=stale" in worker.output(), 30,
-             "the worker to drop the replayed message")
+    wait_for(
+        lambda: f"poll dropped tracking_id={tid} reason=stale" in worker.output(),
+        30,
+        "the worker to drop the replayed message",
+    )
     assert sim_client.job("saymon", export_id)["polls"] == polls
     assert len(fleet.callbacks()) == 1

@@ -13,8 +13,12 @@ SIG_FAIL = {"task": "myapp.export_failed", "args": [], "kwargs": {}, "options": 
 
 def track(engine: Engine, export_id: str = "e1", timeout: float = 3600) -> str:
     fields = {
-        "provider": "scripted", "account": "scripted", "export_id": export_id,
-        "metadata": {"report": "daily"}, "on_complete": SIG_OK, "on_failure": SIG_FAIL,
+        "provider": "scripted",
+        "account": "scripted",
+        "export_id": export_id,
+        "metadata": {"report": "daily"},
+        "on_complete": SIG_OK,
+        "on_failure": SIG_FAIL,
     }
     return engine.track(fields, timeout)
 

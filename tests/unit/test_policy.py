@@ -34,8 +34,9 @@ def test_jitter_spreads_polls_out() -> None:
 
 
 def test_last_poll_is_placed_at_the_deadline() -> None:
-    d = policy.decide(ctx(attempts=9, deadline=NOW + 7), ExportStatus(state="running"), NOW, B,
-                      rand=lambda: 1.0)
+    d = policy.decide(
+        ctx(attempts=9, deadline=NOW + 7), ExportStatus(state="running"), NOW, B, rand=lambda: 1.0
+    )
     assert d.state == "running" and d.next_poll_at == NOW + 7
 
 
@@ -56,14 +57,20 @@ def test_provider_failure_is_failed_with_its_status() -> None:
 
 
 def test_rate_limit_waits_as_told_and_does_not_count() -> None:
-    d = policy.decide(ctx(attempts=3, state="running"), errors.RateLimited("slow", retry_after=42),
-                      NOW, B, rand=lambda: 0.0)
+    d = policy.decide(
+        ctx(attempts=3, state="running"),
+        errors.RateLimited("slow", retry_after=42),
+        NOW,
+        B,
+        rand=lambda: 0.0,
+    )
     assert d.next_poll_at == NOW + 42 and not d.counted and d.state == "running"
 
 
 def test_transient_errors_back_off_and_keep_the_state() -> None:
-    d = policy.decide(ctx(attempts=3, state="running"), errors.ServerError("503"), NOW, B,
-                      rand=lambda: 1.0)
+    d = policy.decide(
+        ctx(attempts=3, state="running"), errors.ServerError("503"), NOW, B, rand=lambda: 1.0
+    )
     assert d.state == "running" and d.next_poll_at == NOW + 20 and d.error is not None
 
 

@@ -1,0 +1,127 @@
+"""Domain metrics in Prometheus format, read from Redis at scrape time.
+
+The counters are kept by the store's own scripts (one `{prefix}:metrics` hash), so every
+worker's work is counted once, whichever process serves the scrape, and nothing is lost when a
+worker restarts. Served by `export-poller metrics --port 9808`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
+from prometheus_client.registry import Collector
+
+from tasks.engine import Engine
+
+_WAITS = ("rate_limited", "throttled")
+
+
+def _split(fields: dict[str, float]) -> dict[str, dict[tuple[str, ...], float]]:
+    """`kind|label|label` hash fields grouped by kind."""
+    grouped: dict[str, dict[tuple[str, ...], float]] = {}
+    for name, value in fields.items():
+        kind, *labels = name.split("|")
+        grouped.setdefault(kind, {})[tuple(labels)] = value
+    return grouped
+
+
+class PollerCollector(Collector):
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def collect(self) -> Iterator[Metric]:
+        grouped = _split(self.engine.store.metric_fields())
+        yield _family(
+            GaugeMetricFamily,
+            "export_poller_active_exports",
+            "Tracked exports not yet finished",
+            ["provider", "state"],
+            grouped.get("active", {}),
+        )
+        yield _family(
+            CounterMetricFamily,
+            "export_poller_finished",
+            "Exports that reached a terminal state",
+            ["provider", "state"],
+            grouped.get("finished", {}),
+        )
+        polls = grouped.get("polls", {})
+        yield _family(
+            CounterMetricFamily,
+            "export_poller_polls",
+            "Polls by outcome (provider state or error kind)",
+            ["provider", "outcome"],
+            polls,
+        )
+        waits = {k: v for k, v in polls.items() if k[1] in _WAITS}
+        yield _family(
+            CounterMetricFamily,
+            "export_poller_rate_limit_waits",
+            "Polls held back by a provider 429 or the fleet-wide limit/breaker",
+            ["provider", "source"],
+            waits,
+        )
+        yield self._lag(grouped)
+        yield self._breakers()
+        counts = self.engine.store.counts()
+        yield GaugeMetricFamily(
+            "export_poller_scheduled", "Exports with a scheduled poll", value=counts["scheduled"]
+        )
+        yield GaugeMetricFamily(
+            "export_poller_outbox", "Callbacks waiting to be dispatched", value=counts["outbox"]
+        )
+
+    def _lag(self, grouped: dict[str, dict[tuple[str, ...], float]]) -> Metric:
+        summary = SummaryMetricFamily(
+            "export_poller_callback_lag_seconds",
+            "Terminal state seen -> callback dispatched",
+            labels=["provider"],
+        )
+        sums = grouped.get("callback_lag_sum", {})
+        for labels, count in grouped.get("callbacks", {}).items():
+            summary.add_metric(
+                list(labels), count_value=int(count), sum_value=sums.get(labels, 0.0)
+            )
+        return summary
+
+    def _breakers(self) -> Metric:
+        gauge = GaugeMetricFamily(
+            "export_poller_breaker_open",
+            "1 while an account's circuit breaker is open",
+            labels=["account"],
+        )
+        guard, now = self.engine.guard, time.time()
+        for account in sorted(self.engine.settings.accounts):
+            is_open = guard is not None and guard.state(account, now) == "open"
+            gauge.add_metric([account], float(is_open))
+        return gauge
+
+
+def _family(
+    cls: Any, name: str, doc: str, labels: list[str], values: dict[tuple[str, ...], float]
+) -> Metric:
+    family = cls(name, doc, labels=labels)
+    for key, value in sorted(values.items()):
+        if len(key) == len(labels):
+            family.add_metric(list(key), value)
+    metric: Metric = family
+    return metric
+
+
+def serve(engine: Engine, host: str, port: int) -> None:
+    """Serve /metrics until interrupted."""
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    registry = CollectorRegistry()
+    registry.register(PollerCollector(engine))
+    start_http_server(port, addr=host, registry=registry)
+    while True:
+        time.sleep(3600)
