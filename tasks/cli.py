@@ -211,3 +211,7 @@ def demo(exports: int) -> None:
     from tasks.demo import run_demo
 
     sys.exit(run_demo(exports))
+
+
+if __name__ == "__main__":
+    main()

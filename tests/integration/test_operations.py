@@ -1,0 +1,189 @@
+"""What a team sees on day one: the CLI, the demo, Flower, metrics and the compose file."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from providers.simulator.client import SimulatorClient
+from tasks.processes import free_port, spawn, wait_until
+from tests.integration.conftest import Fleet
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cli(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tasks.cli", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], words: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: ") and words in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+def test_cli_tracks_shows_lists_and_cancels(
+    env: dict[str, str], sim_client: SimulatorClient
+) -> None:
+    export_id = str(sim_client.create_job("cgc", pending_polls=50))
+    tracked = cli(env, "track", "cgc", export_id, "--metadata", '{"team": "genomics"}')
+    assert tracked.returncode == 0, tracked.stderr
+    tid = tracked.stdout.strip()
+    status = json.loads(cli(env, "status", tid, "--json").stdout)
+    assert status["tracking_id"] == tid and status["state"] == "pending"
+    assert status["metadata"] == {"team": "genomics"}
+    listed = json.loads(cli(env, "list", "--provider", "cgc", "--json").stdout)
+    assert [r["tracking_id"] for r in listed] == [tid]
+    assert json.loads(cli(env, "list", "--state", "completed", "--json").stdout) == []
+    table = cli(env, "list").stdout
+    assert "tracking id" in table and tid[:12] in table
+    assert cli(env, "cancel", tid).stdout.strip() == "cancelled"
+    assert json.loads(cli(env, "status", tid, "--json").stdout)["state"] == "cancelled"
+    assert cli(env, "cancel", tid).stdout.strip() == "already finished"
+
+
+def test_cli_user_mistakes_are_one_line_and_exit_2(env: dict[str, str]) -> None:
+    one_line_error(cli(env, "track", "cometlly", "1"), "did you mean 'cometly'")
+    one_line_error(cli(env, "track", "cometly", "abc"), "export ids must match")
+    one_line_error(cli(env, "status", "0123456789abcdef"), "unknown tracking id")
+    one_line_error(cli(env, "track", "cgc", "x", "--metadata", "{nope"), "--metadata is not JSON")
+    down = {**env, "POLLER_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    one_line_error(cli(down, "list"), "Redis is unreachable")
+    bad = {**env, "POLLER_BACKOFF_FACTOR": "0.5"}
+    one_line_error(cli(bad, "list"), "POLLER_BACKOFF_FACTOR")
+
+
+def test_the_demo_finishes_with_every_export_ended_and_leaves_nothing_behind(
+    env: dict[str, str],
+) -> None:
+    clean = {k: v for k, v in env.items() if not k.startswith("POLLER_")}
+    result = cli(clean, "demo", timeout=150)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert re.search(r"25 exports ended: .*\"cancelled\": 1.*\"timed_out\": 1", result.stdout)
+    assert "callbacks fired: 24" in result.stdout
+    assert "callback on_complete chaossearch" in result.stdout
+    logs = re.search(r"logs (\S+)", result.stdout)
+    assert logs
+    leftovers = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert logs.group(1) not in leftovers
+
+
+def flower_tasks(port: int) -> dict[str, Any]:
+    response = requests.get(f"http://127.0.0.1:{port}/api/tasks", timeout=5)
+    response.raise_for_status()
+    tasks: dict[str, Any] = response.json()
+    return tasks
+
+
+def test_flower_shows_polls_by_name_with_no_secret(
+    fleet: Fleet, sim_client: SimulatorClient, env: dict[str, str]
+) -> None:
+    from tasks.api import track_export
+
+    port = free_port()
+    flower = spawn(
+        "flower",
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "tasks",
+            "flower",
+            f"--port={port}",
+            "--address=127.0.0.1",
+        ],
+        {**env, "FLOWER_UNAUTHENTICATED_API": "true"},
+        fleet.workdir,
+    )
+    fleet.children.append(flower)
+    fleet.worker()
+    wait_until(lambda: _up(port), 60, "flower to answer")
+    export_id = str(sim_client.create_job("biodatacatalyst", running_polls=2))
+    tid = track_export("biodatacatalyst", export_id, timeout=60)
+    wait_until(
+        lambda: any(t.get("name") == "exports.poll" for t in flower_tasks(port).values()),
+        60,
+        "flower to see a poll",
+    )
+    polls = [t for t in flower_tasks(port).values() if t.get("name") == "exports.poll"]
+    assert all(tid in t["args"] for t in polls)
+    page = json.dumps(flower_tasks(port))
+    for secret in (
+        env["POLLER_ACCOUNTS__BIODATACATALYST__TOKEN"],
+        env["POLLER_ACCOUNTS__CHAOSSEARCH__SECRET_KEY"],
+    ):
+        assert secret not in page
+
+
+def _up(port: int) -> bool:
+    try:
+        return requests.get(f"http://127.0.0.1:{port}/healthcheck", timeout=1).ok
+    except requests.RequestException:
+        return False
+
+
+def test_metrics_endpoint_serves_domain_metrics(fleet: Fleet, env: dict[str, str]) -> None:
+    from tasks.api import track_export
+
+    track_export("cgc", "neverCreated0", timeout=60)
+    port = free_port()
+    server = spawn(
+        "metrics",
+        [sys.executable, "-m", "tasks.cli", "metrics", "--port", str(port)],
+        env,
+        fleet.workdir,
+    )
+    fleet.children.append(server)
+    wait_until(lambda: _metrics(port) is not None, 30, "the metrics endpoint")
+    text = _metrics(port) or ""
+    assert 'export_poller_active_exports{provider="cgc",state="pending"} 1.0' in text
+    assert 'export_poller_breaker_open{account="cometly"} 0.0' in text
+    assert "export_poller_callback_lag_seconds" in text
+
+
+def _metrics(port: int) -> str | None:
+    try:
+        response = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=1)
+    except requests.RequestException:
+        return None
+    return response.text if response.ok else None
+
+
+def test_docker_compose_accepts_the_compose_file() -> None:
+    binary = shutil.which("docker-compose")
+    if binary is None and not os.environ.get("CI"):
+        pytest.skip("docker-compose is not installed (CI installs Debian's package)")
+    assert binary, "docker-compose is missing in CI"
+    result = subprocess.run(
+        [binary, "-f", str(ROOT / "docker-compose.yml"), "config"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    config = result.stdout
+    for service in ("redis:", "worker:", "beat:", "flower:", "simulator:", "metrics:"):
+        assert service in config
+    assert "noeviction" in config and "appendonly" in config and "healthcheck" in config
