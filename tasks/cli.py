@@ -44,10 +44,10 @@ def user_errors(func: F) -> F:
             first = exc.errors()[0]
             where = "POLLER_" + "__".join(str(p).upper() for p in first["loc"])
             _fail(f"bad setting {where}: {first['msg']}")
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            _fail(f"Redis is unreachable ({type(exc).__name__}); check POLLER_REDIS_URL")
         except redis.AuthenticationError:
             _fail("Redis refused the password in POLLER_REDIS_URL")
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            _fail(f"Redis is unreachable ({type(exc).__name__}); check POLLER_REDIS_URL")
 
     return wrapper  # type: ignore[return-value]
 

@@ -91,7 +91,13 @@ def spawn(name: str, argv: list[str], env: Mapping[str, str], workdir: Path) -> 
     return Child(name, proc, log_path)
 
 
-def start_redis(workdir: Path, *, appendonly: bool = False, port: int | None = None) -> Child:
+def start_redis(
+    workdir: Path,
+    *,
+    appendonly: bool = False,
+    port: int | None = None,
+    requirepass: str | None = None,
+) -> Child:
     """A private redis-server on a free loopback port (no persistence unless asked)."""
     binary = shutil.which("redis-server")
     if binary is None:
@@ -114,8 +120,11 @@ def start_redis(workdir: Path, *, appendonly: bool = False, port: int | None = N
         "--maxmemory-policy",
         "noeviction",
     ]
+    if requirepass:
+        argv += ["--requirepass", requirepass]
     child = spawn(f"redis-{port}", argv, os.environ, workdir)
-    url = f"redis://127.0.0.1:{port}/0"
+    auth = f":{requirepass}@" if requirepass else ""
+    url = f"redis://{auth}127.0.0.1:{port}/0"
     child.extra["url"] = url
     wait_until(lambda: redis_ping(url), 10, f"redis-server on port {port}")
     return child

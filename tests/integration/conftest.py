@@ -116,3 +116,30 @@ def wait_for(check: Callable[[], object], timeout: float, what: str) -> None:
 
 def monotonic() -> float:
     return time.monotonic()
+
+
+def override(fleet: Fleet, monkeypatch: pytest.MonkeyPatch, settings: dict[str, str]) -> None:
+    """Change settings for this test's children and for this process, before workers start."""
+    from tasks.runtime import reconfigure
+
+    fleet.env.update(settings)
+    for key, value in settings.items():
+        monkeypatch.setenv(key, value)
+    reconfigure()
+
+
+def redis_dump(r: redis.Redis) -> str:
+    """Every key and value in Redis as text, to search for what must never be stored."""
+    parts: list[str] = []
+    for key in r.scan_iter(count=1000):
+        kind = r.type(key)
+        kind = kind.decode() if isinstance(kind, bytes) else kind
+        readers = {
+            "string": lambda k: [r.get(k)],
+            "hash": lambda k: list(r.hgetall(k).items()),
+            "list": lambda k: r.lrange(k, 0, -1),
+            "set": lambda k: list(r.smembers(k)),
+            "zset": lambda k: r.zrange(k, 0, -1),
+        }
+        parts.append(f"{key!r} {readers.get(kind, lambda k: [])(key)!r}")
+    return "\n".join(parts)
