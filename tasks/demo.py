@@ -18,7 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tasks.processes import Child, redis_ping, start_beat, start_redis, start_worker, wait_until
+from tasks.processes import (
+    Child,
+    exit_on_sigterm,
+    redis_ping,
+    start_beat,
+    start_redis,
+    start_worker,
+    wait_until,
+)
 
 SIM_CREDENTIALS = {
     "token": "sim-token",
@@ -266,6 +274,7 @@ def _verdict(tracked: list[Tracked]) -> int:
 
 
 def run_demo(count: int = len(CASES)) -> int:
+    exit_on_sigterm()
     workdir = Path(tempfile.mkdtemp(prefix="export-poller-demo-"))
     with contextlib.ExitStack() as stack:
         try:
