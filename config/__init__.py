@@ -1,5 +1,11 @@
 """Settings for export-poller: one object, environment first, then an optional `.env` file."""
 
-from config.settings import AccountSettings, Settings, get_settings, reset_settings
+from config.settings import (
+    AccountSettings,
+    InvalidSettings,
+    Settings,
+    get_settings,
+    reset_settings,
+)
 
-__all__ = ["AccountSettings", "Settings", "get_settings", "reset_settings"]
+__all__ = ["AccountSettings", "InvalidSettings", "Settings", "get_settings", "reset_settings"]

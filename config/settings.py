@@ -14,8 +14,16 @@ from functools import lru_cache
 from typing import Annotated
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 _RATE = re.compile(r"^\s*\d+\s*(/|per)\s*\d*\s*(second|minute|hour|day)s?\s*$", re.IGNORECASE)
 
@@ -133,10 +141,23 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
 
 
+class InvalidSettings(ValueError):
+    """A setting is wrong; the message names the environment variable, never its value."""
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """Load once per process: start-up fails here, naming the bad setting, before any work."""
-    return Settings()
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = [
+            f"POLLER_{'__'.join(str(p) for p in err['loc']).upper() or '<settings>'}: {err['msg']}"
+            for err in exc.errors(include_url=False, include_input=False)
+        ]
+        raise InvalidSettings("bad setting " + "; ".join(problems)) from None
+    except SettingsError as exc:
+        raise InvalidSettings(f"bad setting: {exc}") from None
 
 
 def reset_settings() -> None:

@@ -14,10 +14,9 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
-import pydantic
 import redis
-from pydantic_settings import SettingsError
 
+from config.settings import InvalidSettings
 from providers.errors import ConfigurationError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -38,12 +37,8 @@ def user_errors(func: F) -> F:
             return func(*args, **kwargs)
         except ConfigurationError as exc:
             _fail(str(exc))
-        except SettingsError as exc:
-            _fail(f"bad setting: {exc}")
-        except pydantic.ValidationError as exc:
-            first = exc.errors()[0]
-            where = "POLLER_" + "__".join(str(p).upper() for p in first["loc"])
-            _fail(f"bad setting {where}: {first['msg']}")
+        except InvalidSettings as exc:
+            _fail(str(exc))
         except redis.AuthenticationError:
             _fail("Redis refused the password in POLLER_REDIS_URL")
         except (redis.ConnectionError, redis.TimeoutError) as exc:
