@@ -6,7 +6,6 @@ so the same code runs under a real worker and in unit tests with a fake broker a
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import threading
@@ -22,12 +21,19 @@ from providers.models import ExportStatus
 from providers.registry import get_provider_class
 from tasks import clock, policy
 from tasks.guards import AccountGuard
-from tasks.records import public_view
+from tasks.records import (
+    compact_signature,
+    error_fields,
+    full_signature,
+    public_view,
+    status_fields,
+)
 from tasks.store import Claim, Store
 
 log = logging.getLogger("export_poller.poll")
 
 Outcome = ExportStatus | errors.ProviderError
+_SWEEP_ROUNDS = 10  # batches per sweep: bounded, so one sweep never runs long
 SendPoll = Callable[[str, str, float], None]
 SendCallback = Callable[[dict[str, Any], dict[str, Any]], None]
 
@@ -94,7 +100,7 @@ class Engine:
         now = clock.now()
         token = uuid.uuid4().hex[:16]
         record = {
-            **fields,
+            **self._compact(fields, timeout),
             "state": "pending",
             "attempts": 0,
             "refusals": 0,
@@ -104,13 +110,25 @@ class Engine:
             "next_poll_at": now,
             "token": token,
         }
-        tid = uuid.uuid4().hex
         created, tid = self.store.track(
-            tid, record, rescue_at=now + self.settings.rescue_grace, deadline=now + timeout
+            uuid.uuid4().hex[:20], record, rescue_at=now + self.settings.rescue_grace
         )
         if created:
             self.send_poll(tid, token, 0.0)
         return tid
+
+    def _compact(self, fields: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """Signatures become shared references; empty values are left out of the record."""
+        out = {k: v for k, v in fields.items() if k not in ("on_complete", "on_failure")}
+        ttl = timeout + self.settings.record_ttl + self.settings.rescue_grace
+        for name in ("on_complete", "on_failure"):
+            if fields.get(name):
+                out[name] = self.store.put_signature(compact_signature(fields[name]), ttl)
+        if not out.get("metadata"):
+            out.pop("metadata", None)
+        if self.providers.get(str(fields["account"])).batch_size > 1:
+            out["batch"] = "1"
+        return out
 
     def cancel(self, tid: str) -> bool:
         fields = {"updated_at": clock.now(), "finished_at": clock.now(), "next_poll_at": ""}
@@ -248,9 +266,12 @@ class Engine:
             self.store.drop_outbox(tid)
             return False
         kind = policy.callback_kind(rec.get("state", ""))
-        signature = rec.get(kind) if kind else None
+        ref = rec.get(kind) if kind else None
+        signature = self.store.get_signature(ref) if ref else None
+        if ref and signature is None:
+            log.error("callback signature expired tracking_id=%s", tid)
         if signature:
-            self.send_callback(json.loads(signature), public_view(tid, rec))
+            self.send_callback(full_signature(signature), public_view(tid, rec))
         done = clock.now()
         lag = done - float(rec["finished_at"]) if signature and rec.get("finished_at") else None
         self.store.ack_outbox(
@@ -271,12 +292,15 @@ class Engine:
         """Send due and lost polls, expire overdue exports, drain the outbox: work ~ due items."""
         report = SweepReport()
         now, s = clock.now(), self.settings
-        for tid in self.store.expired(now - s.rescue_grace, s.sweep_batch):
-            if self._expire(tid, now):
-                report.expired += 1
-        for tid, token in self.store.due(now, now + s.rescue_grace, s.sweep_batch):
-            self.send_poll(tid, token, 0.0)
-            report.enqueued += 1
+        for _ in range(_SWEEP_ROUNDS):
+            send, expired = self.store.due(now, now + s.rescue_grace, s.sweep_batch, s.rescue_grace)
+            for tid in expired:
+                report.expired += int(self._expire(tid, now))
+            for tid, token in send:
+                self.send_poll(tid, token, 0.0)
+            report.enqueued += len(send)
+            if len(send) + len(expired) < s.sweep_batch:
+                break
         for tid in self.store.outbox_due(now, s.sweep_batch):
             report.callbacks += int(self.dispatch(tid))
         return report
@@ -305,14 +329,9 @@ def _fields_for(decision: policy.Decision, ctx: policy.PollContext, now: float) 
         "next_poll_at": "" if decision.next_poll_at is None else decision.next_poll_at,
     }
     if decision.status is not None:
-        status = decision.status
-        fields["status"] = (
-            status.model_dump(mode="json", exclude_none=True)
-            if decision.terminal
-            else status.summary()
-        )
+        fields |= status_fields(decision.status, decision.terminal)
     if decision.error is not None:
-        fields["error"] = decision.error
+        fields |= error_fields(decision.error, decision.terminal)
     if decision.terminal:
         fields["finished_at"] = now
     return fields

@@ -1,12 +1,62 @@
-"""How a stored record is shown to users, callbacks and the CLI: typed, JSON-able, no internals."""
+"""How a record is written to Redis and shown to users, callbacks and the CLI.
+
+While an export is active its record holds only short scalar fields (the provider's progress as
+`done/total`, its message and the last error cut to 64 characters), so Redis stores it as a
+compact listpack: under 1 KB per tracked export. The full status, with the provider's raw answer,
+is written once, when the export ends, for the callback.
+"""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
+from providers.models import ExportStatus
+
+SHORT = 64
 _FLOATS = ("created_at", "updated_at", "deadline", "next_poll_at", "finished_at", "callback_at")
-_JSON = ("metadata", "status", "error")
+_SIGNATURE_DEFAULTS: dict[str, Any] = {
+    "args": [],
+    "kwargs": {},
+    "options": {},
+    "subtask_type": None,
+    "immutable": False,
+}
+
+
+def short(text: str | None) -> str:
+    if not text:
+        return ""
+    return text if len(text) <= SHORT else text[: SHORT - 1] + "…"
+
+
+def compact_signature(signature: dict[str, Any]) -> dict[str, Any]:
+    """Drop what Celery fills in by default, so shared signatures stay small."""
+    return {k: v for k, v in signature.items() if _SIGNATURE_DEFAULTS.get(k, object()) != v}
+
+
+def full_signature(stored: dict[str, Any]) -> dict[str, Any]:
+    return {**_SIGNATURE_DEFAULTS, **stored}
+
+
+def status_fields(status: ExportStatus, terminal: bool) -> dict[str, Any]:
+    if terminal:
+        return {"status": status.model_dump(mode="json", exclude_none=True)}
+    progress = status.progress
+    return {
+        "progress": f"{progress.completed}/{progress.total}" if progress else "",
+        "message": short(status.message),
+    }
+
+
+def error_fields(error: dict[str, Any], terminal: bool) -> dict[str, Any]:
+    if terminal:
+        return {"error": error}
+    return {
+        "error_kind": str(error.get("kind", "")),
+        "error_message": short(str(error.get("message", ""))),
+        "error_status": "" if error.get("status_code") is None else str(error["status_code"]),
+    }
 
 
 def public_view(tid: str, fields: dict[str, str]) -> dict[str, Any]:
@@ -18,13 +68,40 @@ def public_view(tid: str, fields: dict[str, str]) -> dict[str, Any]:
         "export_id": fields.get("export_id"),
         "state": fields.get("state"),
         "attempts": int(fields.get("attempts") or 0),
+        "metadata": json.loads(fields["metadata"]) if fields.get("metadata") else {},
+        "status": _status(fields),
+        "error": _error(fields),
     }
     for name in _FLOATS:
         value = fields.get(name)
         view[name] = float(value) if value else None
-    for name in _JSON:
-        value = fields.get(name)
-        view[name] = json.loads(value) if value else None
-    if view["metadata"] is None:
-        view["metadata"] = {}
     return view
+
+
+def _status(fields: dict[str, str]) -> dict[str, Any] | None:
+    if fields.get("status"):
+        status: dict[str, Any] = json.loads(fields["status"])
+        return status
+    if not fields.get("progress") and not fields.get("message"):
+        return None
+    view: dict[str, Any] = {"state": fields.get("state")}
+    if fields.get("progress"):
+        done, total = fields["progress"].split("/")
+        view["progress"] = {"completed": int(done), "total": int(total)}
+    if fields.get("message"):
+        view["message"] = fields["message"]
+    return view
+
+
+def _error(fields: dict[str, str]) -> dict[str, Any] | None:
+    if fields.get("error"):
+        error: dict[str, Any] = json.loads(fields["error"])
+        return error
+    if not fields.get("error_kind"):
+        return None
+    status = fields.get("error_status")
+    return {
+        "kind": fields["error_kind"],
+        "message": fields.get("error_message", ""),
+        "status_code": int(status) if status else None,
+    }

@@ -2,21 +2,22 @@
 
 Keys (prefix `ep` by default):
 
-    {p}:x:{tid}      hash   one record per tracked export
-    {p}:idem:{sha1}  string (account, export id) -> tid while the export is active
-    {p}:sched        zset   tid -> when the sweep must next look at it: the next poll time for a
-                            parked poll, or a rescue time for one handed to Celery or in flight
-    {p}:deadlines    zset   tid -> deadline, so expiry costs what is due, not what is tracked
-    {p}:outbox       zset   tid -> when its callback is (re)dispatched
-    {p}:acct:{name}  zset   tid -> next poll time, per account: batching due polls (CGC)
-    {p}:metrics      hash   counters and gauges for Prometheus, kept by the same scripts
-
-Scripts touch the idempotency and account keys they read from a record, so the store assumes one
-Redis server (not Redis Cluster), as Celery's Redis transport does.
+    {p}:x:{tid}        hash    one record per tracked export; small scalar fields only while
+                               active, so Redis keeps it as a compact listpack
+    {p}:idem           hash    digest(account, export id) -> tid while the export is active
+    {p}:sched          zset    tid -> when the sweep must next look at it: the next poll time of
+                               a parked poll, the rescue time of one handed to Celery or in
+                               flight; a due entry past its deadline is expired instead
+    {p}:outbox         zset    tid -> when its callback is (re)dispatched
+    {p}:batch:{acct}   zset    tid -> next poll time, only for providers with bulk status calls
+    {p}:sig:{digest}   string  a callback signature, shared by every export that names it
+    {p}:metrics        hash    counters and gauges for Prometheus, kept by the same scripts
 
 Every change of state is one Lua script, so two workers, two beats or a replayed message can
 never both move an export or both dispatch its callback. Broker messages carry only a tracking id
-and a poll token; a message whose token is not the record's current one does nothing.
+and a poll token; a message whose token is not the record's current one does nothing. Scripts
+touch keys they derive from a record (the idempotency and batch keys), so the store assumes one
+Redis server (not Redis Cluster), as Celery's Redis transport does.
 """
 
 from __future__ import annotations
@@ -32,20 +33,20 @@ import redis
 Arg = str | int | float
 
 ACTIVE = ("pending", "running")
+DIGEST_CHARS = 20
 
 _TRACK = """
-local existing = redis.call('GET', KEYS[1])
+local existing = redis.call('HGET', KEYS[1], ARGV[2])
 if existing then
-  local state = redis.call('HGET', ARGV[4] .. existing, 'state')
+  local state = redis.call('HGET', ARGV[5] .. existing, 'state')
   if state == 'pending' or state == 'running' then return {0, existing} end
 end
-redis.call('SET', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[1])
 redis.call('HSET', KEYS[2], unpack(ARGV, 6))
-redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
-redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
-redis.call('ZADD', KEYS[5], ARGV[5], ARGV[1])
-local provider = redis.call('HGET', KEYS[2], 'provider')
-redis.call('HINCRBY', KEYS[6], 'active|' .. provider .. '|pending', 1)
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
+local rec = redis.call('HMGET', KEYS[2], 'provider', 'batch')
+if rec[2] == '1' then redis.call('ZADD', KEYS[5], ARGV[4], ARGV[1]) end
+redis.call('HINCRBY', KEYS[4], 'active|' .. rec[1] .. '|pending', 1)
 return {1, ARGV[1]}
 """
 
@@ -63,12 +64,14 @@ table.insert(out, 1, 'ok')
 return out
 """
 
+# Shared tail of every move to a terminal state; P is the key prefix ("ep:").
 _FINISH_TAIL = """
-  redis.call('ZREM', ARGV_PREFIX .. 'acct:' .. redis.call('HGET', KEYS[1], 'account'), ARGV[1])
+  local ids = redis.call('HMGET', KEYS[1], 'account', 'idem', 'batch')
   redis.call('ZREM', KEYS[2], ARGV[1])
-  redis.call('ZREM', KEYS[3], ARGV[1])
-  local idem = redis.call('HGET', KEYS[1], 'idem')
-  if idem and redis.call('GET', idem) == ARGV[1] then redis.call('DEL', idem) end
+  if ids[3] == '1' then redis.call('ZREM', P .. 'batch:' .. ids[1], ARGV[1]) end
+  if ids[2] and redis.call('HGET', P .. 'idem', ids[2]) == ARGV[1] then
+    redis.call('HDEL', P .. 'idem', ids[2])
+  end
 """
 
 _MOVE = """
@@ -89,19 +92,18 @@ _COMMIT = f"""
 {_MOVE}
 local before = redis.call('HMGET', KEYS[1], 'claim', 'state', 'provider')
 if before[1] ~= ARGV[2] then return 0 end
-local ARGV_PREFIX = ARGV[7]
-local metrics = ARGV_PREFIX .. 'metrics'
+local P = ARGV[7]
 redis.call('HDEL', KEYS[1], 'claim', 'lease_until')
 redis.call('HSET', KEYS[1], 'token', ARGV[6], unpack(ARGV, 10))
-redis.call('HINCRBY', metrics, 'polls|' .. before[3] .. '|' .. ARGV[9], 1)
-move(metrics, before[3], before[2], redis.call('HGET', KEYS[1], 'state'))
+redis.call('HINCRBY', P .. 'metrics', 'polls|' .. before[3] .. '|' .. ARGV[9], 1)
+move(P .. 'metrics', before[3], before[2], redis.call('HGET', KEYS[1], 'state'))
 if ARGV[3] == '1' then
   {_FINISH_TAIL}
-  redis.call('ZADD', KEYS[4], ARGV[5], ARGV[1])
+  redis.call('ZADD', KEYS[3], ARGV[5], ARGV[1])
 else
   redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
-  redis.call('ZADD', ARGV_PREFIX .. 'acct:' .. redis.call('HGET', KEYS[1], 'account'), ARGV[8],
-             ARGV[1])
+  local acct = redis.call('HMGET', KEYS[1], 'account', 'batch')
+  if acct[2] == '1' then redis.call('ZADD', P .. 'batch:' .. acct[1], ARGV[8], ARGV[1]) end
 end
 return 1
 """
@@ -111,13 +113,13 @@ _FINISH = f"""
 local v = redis.call('HMGET', KEYS[1], 'state', 'lease_until', 'provider')
 if v[1] ~= 'pending' and v[1] ~= 'running' then return 0 end
 if ARGV[5] == '1' and v[2] and tonumber(v[2]) > tonumber(ARGV[3]) then return 0 end
-local ARGV_PREFIX = ARGV[7]
+local P = ARGV[7]
 redis.call('HDEL', KEYS[1], 'claim', 'lease_until')
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'token', '', unpack(ARGV, 8))
-move(ARGV_PREFIX .. 'metrics', v[3], v[1], ARGV[2])
+move(P .. 'metrics', v[3], v[1], ARGV[2])
 {_FINISH_TAIL}
 if ARGV[4] == '1' then
-  redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
+  redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
 else
   redis.call('EXPIRE', KEYS[1], ARGV[6])
 end
@@ -126,18 +128,22 @@ return 1
 
 _DUE = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
-local out = {}
+local send, expired = {}, {}
 for _, tid in ipairs(due) do
-  local token = redis.call('HGET', ARGV[4] .. tid, 'token')
-  if token and token ~= '' then
-    redis.call('ZADD', KEYS[1], ARGV[2], tid)
-    out[#out + 1] = tid
-    out[#out + 1] = token
-  else
+  local v = redis.call('HMGET', ARGV[4] .. tid, 'token', 'deadline')
+  if not v[1] or v[1] == '' then
     redis.call('ZREM', KEYS[1], tid)
+  else
+    redis.call('ZADD', KEYS[1], ARGV[2], tid)
+    if tonumber(v[2]) + tonumber(ARGV[5]) < tonumber(ARGV[1]) then
+      expired[#expired + 1] = tid
+    else
+      send[#send + 1] = tid
+      send[#send + 1] = v[1]
+    end
   end
 end
-return out
+return {send, expired}
 """
 
 _CLAIM_BATCH = """
@@ -177,7 +183,9 @@ class Claim:
 
 
 def idem_digest(account: str, export_id: str) -> str:
-    return hashlib.sha1(f"{account}\n{export_id}".encode(), usedforsecurity=False).hexdigest()
+    """Short enough to keep the record a listpack, long enough (80 bits) never to collide."""
+    text = f"{account}\n{export_id}".encode()
+    return hashlib.sha1(text, usedforsecurity=False).hexdigest()[:DIGEST_CHARS]
 
 
 def _pairs(fields: Mapping[str, Any]) -> list[Arg]:
@@ -188,15 +196,24 @@ def _pairs(fields: Mapping[str, Any]) -> list[Arg]:
 
 
 def _encode(value: Any) -> str:
+    """Compact text for a hash field: millisecond timestamps, JSON without spaces."""
     if isinstance(value, str):
         return value
-    if isinstance(value, bool | int | float):
-        return repr(value) if not isinstance(value, bool) else str(int(value))
+    if isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.3f}".rstrip("0").rstrip(".")
     return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 
 def _hash(flat: list[Any]) -> dict[str, str]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class Store:
@@ -206,9 +223,9 @@ class Store:
         self.r = client
         self.prefix = prefix
         self.sched = f"{prefix}:sched"
-        self.deadlines = f"{prefix}:deadlines"
         self.outbox = f"{prefix}:outbox"
         self.metrics = f"{prefix}:metrics"
+        self.idem = f"{prefix}:idem"
         self._track = client.register_script(_TRACK)
         self._claim = client.register_script(_CLAIM)
         self._commit = client.register_script(_COMMIT)
@@ -220,27 +237,31 @@ class Store:
     def key(self, tid: str) -> str:
         return f"{self.prefix}:x:{tid}"
 
-    def acct_key(self, account: str) -> str:
-        return f"{self.prefix}:acct:{account}"
+    def batch_key(self, account: str) -> str:
+        return f"{self.prefix}:batch:{account}"
 
-    def idem_key(self, account: str, export_id: str) -> str:
-        return f"{self.prefix}:idem:{idem_digest(account, export_id)}"
+    # -- callback signatures -----------------------------------------------------------------
 
-    def track(
-        self, tid: str, fields: Mapping[str, Any], *, rescue_at: float, deadline: float
-    ) -> tuple[bool, str]:
+    def put_signature(self, signature: Mapping[str, Any], ttl: float) -> str:
+        """Store a signature once for all the exports that name it; returns its reference."""
+        text = json.dumps(signature, separators=(",", ":"), sort_keys=True)
+        ref = hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()[:DIGEST_CHARS]
+        self.r.set(f"{self.prefix}:sig:{ref}", text, ex=max(1, int(ttl)))
+        return ref
+
+    def get_signature(self, ref: str) -> dict[str, Any] | None:
+        text = self.r.get(f"{self.prefix}:sig:{ref}")
+        return cast(dict[str, Any], json.loads(cast(bytes, text))) if text else None
+
+    # -- state changes -----------------------------------------------------------------------
+
+    def track(self, tid: str, fields: Mapping[str, Any], *, rescue_at: float) -> tuple[bool, str]:
         """Create a record unless this (account, export id) is already active: (created, tid)."""
-        idem = self.idem_key(str(fields["account"]), str(fields["export_id"]))
-        args: list[Arg] = [tid, rescue_at, deadline, f"{self.prefix}:x:", fields["next_poll_at"]]
-        args += _pairs({**fields, "idem": idem})
-        keys = [
-            idem,
-            self.key(tid),
-            self.sched,
-            self.deadlines,
-            self.acct_key(fields["account"]),
-            self.metrics,
-        ]
+        account, export_id = str(fields["account"]), str(fields["export_id"])
+        digest = idem_digest(account, export_id)
+        args: list[Arg] = [tid, digest, rescue_at, _encode(fields["next_poll_at"])]
+        args += [f"{self.prefix}:x:", *_pairs({**fields, "idem": digest})]
+        keys = [self.idem, self.key(tid), self.sched, self.metrics, self.batch_key(account)]
         created, existing = self._track(keys=keys, args=args)
         return bool(created), _text(existing)
 
@@ -268,9 +289,10 @@ class Store:
     ) -> bool:
         """Write a poll's result if its claim still holds; terminal writes also fill the outbox."""
         tid = claim.tracking_id
-        args: list[Arg] = [tid, claim.claim_id, int(terminal), sched_score or 0, now, new_token]
-        args += [f"{self.prefix}:", fields.get("next_poll_at") or 0, outcome]
-        keys = [self.key(tid), self.sched, self.deadlines, self.outbox]
+        args: list[Arg] = [tid, claim.claim_id, int(terminal), sched_score or 0, now]
+        args += ["" if terminal else new_token, f"{self.prefix}:"]
+        args += [fields.get("next_poll_at") or 0, outcome]
+        keys = [self.key(tid), self.sched, self.outbox]
         return bool(self._commit(keys=keys, args=args + _pairs(fields)))
 
     def finish(
@@ -287,16 +309,18 @@ class Store:
         """Force an active export into a terminal state (cancel, deadline expiry)."""
         args: list[Arg] = [tid, state, now, int(notify), int(respect_lease), int(ttl)]
         args += [f"{self.prefix}:", *_pairs(fields)]
-        keys = [self.key(tid), self.sched, self.deadlines, self.outbox]
+        keys = [self.key(tid), self.sched, self.outbox]
         return bool(self._finish(keys=keys, args=args))
 
-    def due(self, now: float, rescue_at: float, limit: int) -> list[tuple[str, str]]:
-        """Polls due (or lost) now, each re-armed for rescue so one sweep sends it once."""
-        flat = [
-            _text(x)
-            for x in self._due(keys=[self.sched], args=[now, rescue_at, limit, f"{self.prefix}:x:"])
-        ]
-        return list(zip(flat[::2], flat[1::2], strict=True))
+    def due(
+        self, now: float, rescue_at: float, limit: int, grace: float
+    ) -> tuple[list[tuple[str, str]], list[str]]:
+        """Polls due (or lost) now, and exports past their deadline; both re-armed for rescue,
+        so one sweep handles each once."""
+        args: list[Arg] = [now, rescue_at, limit, f"{self.prefix}:x:", grace]
+        send, expired = self._due(keys=[self.sched], args=args)
+        flat = [_text(x) for x in send]
+        return list(zip(flat[::2], flat[1::2], strict=True)), [_text(x) for x in expired]
 
     def claim_batch(
         self,
@@ -312,15 +336,13 @@ class Store:
         if limit <= 0:
             return []
         args: list[Arg] = [now, lease_until, claim_id, limit, f"{self.prefix}:x:", due_by]
-        flat = self._claim_batch(keys=[self.acct_key(account), self.sched], args=args)
+        flat = self._claim_batch(keys=[self.batch_key(account), self.sched], args=args)
         return [
             Claim(_text(tid), claim_id, _hash([_text(x) for x in fields]))
             for tid, fields in zip(flat[::2], flat[1::2], strict=True)
         ]
 
-    def expired(self, before: float, limit: int) -> list[str]:
-        ids = self.r.zrangebyscore(self.deadlines, "-inf", before, start=0, num=limit)
-        return [_text(x) for x in cast(list[Any], ids)]
+    # -- the outbox --------------------------------------------------------------------------
 
     def outbox_due(self, now: float, limit: int) -> list[str]:
         ids = self.r.zrangebyscore(self.outbox, "-inf", now, start=0, num=limit)
@@ -342,12 +364,14 @@ class Store:
             if lag is not None:
                 pipe.hincrby(self.metrics, f"callbacks|{provider}", 1)
                 pipe.hincrbyfloat(self.metrics, f"callback_lag_sum|{provider}", max(lag, 0.0))
-            pipe.hset(self.key(tid), "callback_at", repr(now))
+            pipe.hset(self.key(tid), "callback_at", _encode(now))
             pipe.expire(self.key(tid), int(ttl))
             pipe.execute()
 
     def drop_outbox(self, tid: str) -> None:
         self.r.zrem(self.outbox, tid)
+
+    # -- reads -------------------------------------------------------------------------------
 
     def get(self, tid: str) -> dict[str, str] | None:
         raw = cast(dict[Any, Any], self.r.hgetall(self.key(tid)))
@@ -368,7 +392,3 @@ class Store:
             "scheduled": cast(int, self.r.zcard(self.sched)),
             "outbox": cast(int, self.r.zcard(self.outbox)),
         }
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -74,8 +74,10 @@ def _run_loop(server: BaseWSGIServer, socket_map: dict[int, Any], stop: threadin
         while socket_map and not stop.is_set():
             wasyncore.loop(timeout=_LOOP_TIMEOUT_S, use_poll=True, map=socket_map, count=1)
     finally:
-        wasyncore.close_all(socket_map, ignore_all=True)
+        # Let in-flight requests finish first: they pull the trigger, whose file descriptor
+        # must not be closed (and perhaps reused by another server) under them.
         server.task_dispatcher.shutdown(timeout=5)
+        wasyncore.close_all(socket_map, ignore_all=True)
 
 
 @dataclass

@@ -47,7 +47,7 @@ def test_tracks_polls_with_backoff_and_fires_one_callback(
     run_to_end(engine, broker, fake_clock)
     assert len(broker.callbacks) == 1
     sig, record = broker.callbacks[0]
-    assert sig == SIG_OK
+    assert sig["task"] == SIG_OK["task"] and sig["args"] == []
     assert record["tracking_id"] == tid and record["state"] == "completed"
     assert record["attempts"] == 4 and record["metadata"] == {"report": "daily"}
     assert record["status"]["state"] == "completed"
@@ -154,7 +154,7 @@ def test_deadline_expiry_times_out_once_with_the_failure_callback(
     assert engine.sweep().expired == 0
     record = engine.get(tid)
     assert record and record["state"] == "timed_out"
-    assert [sig for sig, _ in broker.callbacks] == [SIG_FAIL]
+    assert [sig["task"] for sig, _ in broker.callbacks] == [SIG_FAIL["task"]]
 
 
 def test_polls_stop_at_the_deadline_and_time_out(
@@ -191,7 +191,8 @@ def test_failure_callback_carries_the_providers_error(
     tid = track(engine)
     run_to_end(engine, broker, fake_clock)
     [(sig, record)] = broker.callbacks
-    assert sig == SIG_FAIL and record["state"] == "failed" and record["attempts"] == 3
+    assert sig["task"] == SIG_FAIL["task"]
+    assert record["state"] == "failed" and record["attempts"] == 3
     assert record["error"]["kind"] == "not_found"
     assert engine.get(tid)["state"] == "failed"  # type: ignore[index]
 
