@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -33,6 +34,7 @@ import redis
 Arg = str | int | float
 
 ACTIVE = ("pending", "running")
+_SIG_SLACK = 3600.0
 DIGEST_CHARS = 20
 
 _TRACK = """
@@ -226,6 +228,7 @@ class Store:
         self.outbox = f"{prefix}:outbox"
         self.metrics = f"{prefix}:metrics"
         self.idem = f"{prefix}:idem"
+        self._sig_expiry: dict[str, float] = {}
         self._track = client.register_script(_TRACK)
         self._claim = client.register_script(_CLAIM)
         self._commit = client.register_script(_COMMIT)
@@ -243,10 +246,17 @@ class Store:
     # -- callback signatures -----------------------------------------------------------------
 
     def put_signature(self, signature: Mapping[str, Any], ttl: float) -> str:
-        """Store a signature once for all the exports that name it; returns its reference."""
+        """Store a signature once for all the exports that name it; returns its reference.
+
+        The key must outlive the last export naming it, so its expiry is pushed out whenever a
+        new export needs more than an hour beyond what this process last set.
+        """
         text = json.dumps(signature, separators=(",", ":"), sort_keys=True)
         ref = hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()[:DIGEST_CHARS]
-        self.r.set(f"{self.prefix}:sig:{ref}", text, ex=max(1, int(ttl)))
+        needed = time.time() + ttl
+        if self._sig_expiry.get(ref, 0.0) < needed:
+            self.r.set(f"{self.prefix}:sig:{ref}", text, ex=max(1, int(ttl + _SIG_SLACK)))
+            self._sig_expiry[ref] = needed + _SIG_SLACK
         return ref
 
     def get_signature(self, ref: str) -> dict[str, Any] | None:
