@@ -59,7 +59,7 @@ class Fleet:
     def add_worker(self) -> None:
         self.started += 1
         name = f"worker{self.started}"
-        self.workers.append(start_worker(self.env, self.workdir, name=name, concurrency=2))
+        self.workers.append(start_worker(self.env, self.workdir, name=name, concurrency=4))
 
     def add_beat(self) -> None:
         self.started += 1

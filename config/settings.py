@@ -89,7 +89,7 @@ class Settings(BaseSettings):
     backoff_floor: Annotated[float, Field(ge=0)] = 1.0
     sweep_interval: PositiveSeconds = 5.0
     default_timeout: PositiveSeconds = 24 * 3600.0
-    enqueue_horizon: PositiveSeconds = 60.0
+    enqueue_horizon: PositiveSeconds = 10.0
     lease_seconds: PositiveSeconds = 120.0
     rescue_grace: PositiveSeconds = 30.0
     http_connect_timeout: PositiveSeconds = 5.0

@@ -158,7 +158,7 @@ def _start_services(stack: contextlib.ExitStack, workdir: Path) -> tuple[str, li
     redis_url = _choose_redis(workdir, stack)
     os.environ.update(fast_env(redis_url, sim.url))
     env = dict(os.environ)
-    children = [start_worker(env, workdir, concurrency=4), start_beat(env, workdir)]
+    children = [start_worker(env, workdir), start_beat(env, workdir)]
     for child in children:
         stack.callback(child.stop)
     print(f"simulator {sim.url}  redis {_redacted(redis_url)}  logs {workdir}")

@@ -144,9 +144,10 @@ def start_worker(
     workdir: Path,
     *,
     name: str = "worker",
-    concurrency: int = 4,
-    pool: str = "prefork",
+    concurrency: int = 8,
+    pool: str = "threads",
 ) -> Child:
+    """A worker as deployed: a thread pool, since a poll spends its time waiting on HTTP."""
     argv = celery_argv(
         "worker",
         "--loglevel",

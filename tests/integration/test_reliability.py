@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import os
 import pickle
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from kombu import Connection, Exchange, Producer
 from providers.simulator.client import SimulatorClient
 from providers.simulator.server import start_in_thread
 from tasks.api import track_export
-from tasks.processes import start_redis
+from tasks.processes import Child, free_port, redis_ping, spawn, start_redis
 from tests.integration.conftest import (
     PREFIX,
     Fleet,
@@ -231,6 +232,94 @@ def test_password_protected_redis_works_and_the_password_is_never_logged(
         assert listed.returncode == 0 and password not in listed.stdout + listed.stderr
         wrong = {**fleet.env, "POLLER_REDIS_URL": url.replace(password, "wrong-password")}
         one_line_error(cli(wrong, "list"), "Redis refused the password")
+    finally:
+        fleet.stop()
+        server.stop()
+
+
+def tls_redis(workdir: Path, password: str) -> tuple[Child, str]:
+    """A redis-server speaking only TLS, with a throwaway self-signed certificate."""
+    cert, key = workdir / "cert.pem", workdir / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    port = free_port()
+    argv = [
+        "redis-server",
+        "--port",
+        "0",
+        "--tls-port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--tls-cert-file",
+        str(cert),
+        "--tls-key-file",
+        str(key),
+        "--tls-ca-cert-file",
+        str(cert),
+        "--tls-auth-clients",
+        "no",
+        "--save",
+        "",
+        "--requirepass",
+        password,
+        "--dir",
+        str(workdir),
+    ]
+    child = spawn(f"tls-redis-{port}", argv, os.environ, workdir)
+    url = f"rediss://:{password}@127.0.0.1:{port}/0?ssl_cert_reqs=required&ssl_ca_certs={cert}"
+    wait_for(lambda: redis_ping(url), 20, "the TLS redis-server")
+    return child, url
+
+
+def test_rediss_with_a_password_works_and_is_shown_redacted(workdir: Path, sim: Any) -> None:
+    from tasks.demo import fast_env
+    from tests.integration.test_operations import cli
+
+    password = "tls-pass-0c1d2e3f"
+    run_dir = workdir / "tls"
+    run_dir.mkdir(exist_ok=True)
+    server, url = tls_redis(run_dir, password)
+    fleet = Fleet({**os.environ, **fast_env(url, sim.url, prefix=PREFIX)}, run_dir)
+    try:
+        worker = fleet.worker("tls-worker")
+        client = SimulatorClient(sim.url)
+        for provider, job, _state in MIX[:3]:
+            tracked = cli(
+                fleet.env,
+                "track",
+                provider,
+                str(client.create_job(provider, **job)),
+                "--on-complete",
+                "exports.record_callback",
+                "--on-failure",
+                "exports.record_callback",
+            )
+            assert tracked.returncode == 0, tracked.stderr
+        assert len(fleet.wait_for_callbacks(3)) == 3
+        log = worker.output()
+        assert "rediss://" in log and password not in log
     finally:
         fleet.stop()
         server.stop()
