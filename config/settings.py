@@ -83,14 +83,16 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     broker_url: str | None = None
     key_prefix: str = "ep"
-    backoff_initial: PositiveSeconds = 5.0
+    backoff_initial: PositiveSeconds = 10.0
     backoff_factor: Annotated[float, Field(ge=1.0)] = 2.0
-    backoff_max: PositiveSeconds = 300.0
+    backoff_max: PositiveSeconds = 240.0
     backoff_floor: Annotated[float, Field(ge=0)] = 1.0
+    progress_max_wait: PositiveSeconds = 3600.0
     sweep_interval: PositiveSeconds = 5.0
     default_timeout: PositiveSeconds = 24 * 3600.0
     enqueue_horizon: PositiveSeconds = 10.0
     lease_seconds: PositiveSeconds = 120.0
+    visibility_timeout: PositiveSeconds = 3600.0
     rescue_grace: PositiveSeconds = 30.0
     http_connect_timeout: PositiveSeconds = 5.0
     http_read_timeout: PositiveSeconds = 30.0

@@ -27,7 +27,9 @@ app.conf.update(
     task_send_sent_event=True,
     worker_hijack_root_logger=False,
     broker_connection_retry_on_startup=True,
-    broker_transport_options={"visibility_timeout": 3600},
+    # A message a dead worker held (a callback, a track) comes back after this long; lost
+    # polls do not wait for it, the sweep rescues them.
+    broker_transport_options={"visibility_timeout": settings.visibility_timeout},
     timezone="UTC",
     beat_schedule={
         "exports.sweep": {

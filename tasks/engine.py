@@ -91,6 +91,7 @@ class Engine:
             settings.backoff_factor,
             settings.backoff_max,
             settings.backoff_floor,
+            settings.progress_max_wait,
         )
 
     # -- tracking ----------------------------------------------------------------------------

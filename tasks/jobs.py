@@ -6,6 +6,8 @@ import json
 import logging
 from typing import Any
 
+from celery import Task
+
 from tasks.celery import app, settings
 from tasks.runtime import get_engine, redis_client
 
@@ -63,10 +65,17 @@ def track(
     )
 
 
-@app.task(name="exports.record_callback", ignore_result=True)
-def record_callback(record: dict[str, Any], label: str = "callback") -> None:
-    """A ready-made callback for the demo and tests: keeps the record in a Redis list."""
-    entry = json.dumps({"label": label, "record": record}, sort_keys=True)
+@app.task(name="exports.record_callback", ignore_result=True, bind=True)
+def record_callback(self: Task[Any, Any], record: dict[str, Any], label: str = "callback") -> None:
+    """A ready-made callback for the demo and tests: keeps the record in a Redis list.
+
+    The entry keeps the message's task id: a second entry with the same id is the broker
+    redelivering one dispatch (Celery runs late-acked tasks at least once), a different id
+    would be a second dispatch.
+    """
+    entry = json.dumps(
+        {"label": label, "record": record, "task_id": self.request.id}, sort_keys=True
+    )
     redis_client().rpush(f"{settings.key_prefix}:callbacks", entry)
     log.info(
         "callback %s tracking_id=%s state=%s", label, record.get("tracking_id"), record.get("state")

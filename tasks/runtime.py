@@ -44,3 +44,10 @@ def reconfigure() -> None:
     get_engine.cache_clear()
     redis_client.cache_clear()
     app.conf.update(broker_url=get_settings().broker)
+    # Celery has no public call to drop its broker pools; without this, messages would still
+    # go to the broker this process first connected to.
+    pool = getattr(app, "_pool", None)
+    if pool is not None:
+        pool.force_close_all()
+        setattr(app, "_pool", None)  # noqa: B010 - private to Celery, hence no attribute stub
+    setattr(app.amqp, "_producer_pool", None)  # noqa: B010

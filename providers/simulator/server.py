@@ -127,6 +127,8 @@ def start_in_thread(
     **fields: Unpack[OptionFields],
 ) -> RunningSimulator:
     """Start serving before returning: the socket is bound, so `.url` is usable at once."""
+    # Waitress warns whenever a request waits for a free thread; under load that is expected.
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     app = SimulatorApp(_options(options, fields))
     socket_map: dict[int, Any] = {}
     server = _create_server(app, host, port, threads, socket_map)

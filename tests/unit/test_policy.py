@@ -88,11 +88,45 @@ def test_a_good_answer_resets_refusals() -> None:
     assert d.refusals == 0
 
 
-def test_progress_brings_the_next_poll_forward_to_the_estimated_finish() -> None:
-    status = ExportStatus(state="running", progress=Progress(completed=8, total=10))
-    # 80% done after 400 s: the estimate is 100 s from now, sooner than the 300 s backoff.
-    d = policy.decide(ctx(attempts=20, started_at=NOW - 400), status, NOW, B, rand=lambda: 1.0)
+def running(done: int, total: int) -> ExportStatus:
+    return ExportStatus(state="running", progress=Progress(completed=done, total=total))
+
+
+def test_progress_far_from_done_waits_longer_than_backoff_would() -> None:
+    # 10% done after 600 s: about 5,400 s left. A quarter of that would be 1,350 s; an early
+    # estimate is shaky, so the wait is capped at the time run so far (+ the floor): 601 s,
+    # still past the 300 s backoff ceiling.
+    d = policy.decide(
+        ctx(attempts=20, started_at=NOW - 600), running(1, 10), NOW, B, rand=lambda: 1.0
+    )
+    assert d.next_poll_at == pytest.approx(NOW + 601)
+
+
+def test_progress_near_the_end_closes_in_on_the_estimated_finish() -> None:
+    # 80% done after 400 s: 100 s left; wait a quarter of it.
+    d = policy.decide(
+        ctx(attempts=20, started_at=NOW - 400), running(8, 10), NOW, B, rand=lambda: 1.0
+    )
+    assert d.next_poll_at == pytest.approx(NOW + 25)
+
+
+def test_progress_waits_are_bounded_below_by_a_share_of_the_elapsed_time() -> None:
+    # 99.9% done after 10,000 s: the estimate says 10 s left, but polls stay 100 s apart.
+    d = policy.decide(ctx(attempts=20, started_at=NOW - 10_000), running(999, 1000), NOW, B)
     assert d.next_poll_at == pytest.approx(NOW + 100)
+
+
+def test_without_usable_progress_backoff_decides() -> None:
+    for status in (running(0, 10), running(10, 10), ExportStatus(state="running")):
+        d = policy.decide(ctx(attempts=3, started_at=NOW - 100), status, NOW, B, rand=lambda: 1.0)
+        assert d.next_poll_at == NOW + 20
+
+
+def test_progress_waits_still_stop_at_the_deadline() -> None:
+    d = policy.decide(
+        ctx(attempts=2, deadline=NOW + 30, started_at=NOW - 600), running(1, 10), NOW, B
+    )
+    assert d.next_poll_at == NOW + 30
 
 
 def test_callbacks_by_terminal_state() -> None:
