@@ -14,9 +14,13 @@ from tasks.engine import Engine
 from tasks.guards import AccountGuard
 from tasks.store import Store
 
+# Below this a countdown costs more (the worker's ETA timer) than the wait it buys.
+_MIN_COUNTDOWN = 0.05
+
 
 def _send_poll(tracking_id: str, token: str, countdown: float) -> None:
-    app.send_task("exports.poll", args=(tracking_id, token), countdown=countdown or None)
+    delay = countdown if countdown >= _MIN_COUNTDOWN else None
+    app.send_task("exports.poll", args=(tracking_id, token), countdown=delay)
 
 
 def _send_callback(sig: dict[str, Any], record: dict[str, Any]) -> None:
