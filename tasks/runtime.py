@@ -50,8 +50,7 @@ def reconfigure() -> None:
     app.conf.update(broker_url=get_settings().broker)
     # Celery has no public call to drop its broker pools; without this, messages would still
     # go to the broker this process first connected to.
-    pool = getattr(app, "_pool", None)
-    if pool is not None:
-        pool.force_close_all()
-        setattr(app, "_pool", None)  # noqa: B010 - private to Celery, hence no attribute stub
+    # (kombu keeps pools per broker URL in a global registry; closing them here would break
+    # the next user of the same URL, so the references are only dropped.)
+    setattr(app, "_pool", None)  # noqa: B010 - private to Celery, hence no attribute stub
     setattr(app.amqp, "_producer_pool", None)  # noqa: B010
