@@ -65,12 +65,13 @@ class AccountGuard:
             pipe.expire(f"{base}:t:{window}", ttl)
             pipe.incrby(f"{base}:f:{window}", int(failed))
             pipe.expire(f"{base}:f:{window}", ttl)
-            total, _, failures, _ = pipe.execute()
+            pipe.exists(f"{base}:trips")
+            total, _, failures, _, tripped_before = pipe.execute()
         if not policy.breaker_trips(
             total, failures, min_calls=s.breaker_min_calls, ratio=s.breaker_ratio
         ):
-            if total >= s.breaker_min_calls:
-                self.r.delete(f"{base}:trips")
+            if tripped_before and total >= s.breaker_min_calls:
+                self.r.delete(f"{base}:trips")  # a healthy window: the next trip starts short
             return False
         return self._trip(base, window, now)
 
