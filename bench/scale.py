@@ -119,7 +119,7 @@ def make_running(engine: Engine, tids: list[str]) -> None:
             tid, rec.get("token", ""), "bench", now=time.time(), lease_until=time.time() + 60
         )
         if not isinstance(claim, str):
-            engine._apply(claim, status)
+            engine._settle([claim], {tid: status})
 
 
 def bytes_per_export(r: redis.Redis, count: int, running: int) -> dict[str, Any]:
@@ -263,6 +263,7 @@ def park(r: redis.Redis, url: str, sim_url: str, ids: list[str], env: dict[str, 
             when = now + 600 * (i + 0.5) / len(ids)
             r.hset(f"ep:x:{tid}", mapping={"attempts": 10, "next_poll_at": when})
             r.zadd("ep:sched", {tid: when})
+            r.zadd("ep:due:saymon", {tid: when})
         for k, v in old.items():
             if v is None:
                 os.environ.pop(k, None)

@@ -100,6 +100,8 @@ class Settings(BaseSettings):
     record_ttl: PositiveSeconds = 7 * 24 * 3600.0
     sweep_batch: Annotated[int, Field(gt=0)] = 1000
     confirm_refusals: Annotated[int, Field(ge=1)] = 3
+    train_max: Annotated[int, Field(ge=1)] = 50
+    train_seconds: PositiveSeconds = 1.0
     breaker_window: PositiveSeconds = 30.0
     breaker_min_calls: Annotated[int, Field(ge=1)] = 10
     breaker_ratio: Annotated[float, Field(gt=0, le=1)] = 0.5

@@ -10,7 +10,7 @@ import logging
 import random
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,13 +28,14 @@ from tasks.records import (
     public_view,
     status_fields,
 )
-from tasks.store import Claim, Store
+from tasks.store import Claim, Store, Write
 
 log = logging.getLogger("export_poller.poll")
 
 Outcome = ExportStatus | errors.ProviderError
 _SWEEP_ROUNDS = 10  # batches per sweep: bounded, so one sweep never runs long
-SendPoll = Callable[[str, str, float], None]
+_TRAIN_SPREAD = 1.0  # seconds between the first and last planned poll of one message
+SendPoll = Callable[[Sequence[tuple[str, str]], float], None]  # (tid, token) pairs, countdown
 SendCallback = Callable[[dict[str, Any], dict[str, Any]], None]
 
 
@@ -58,6 +59,29 @@ class ProviderPool:
         if settings is None:
             raise errors.UnknownAccount(f"account {account!r} is not configured")
         return get_provider_class(settings.provider)(account, settings, self.settings)
+
+
+class RequestTimes:
+    """A moving average of each account's request time in this process: it sizes trains."""
+
+    def __init__(self, weight: float = 0.2) -> None:
+        self.weight = weight
+        self._avg: dict[str, float] = {}
+
+    def get(self, account: str) -> float | None:
+        return self._avg.get(account)
+
+    def observe(self, account: str, seconds: float) -> None:
+        old = self._avg.get(account)
+        self._avg[account] = seconds if old is None else old + self.weight * (seconds - old)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    write: Write
+    decision: policy.Decision
+    delay: float | None
+    handoff: bool
 
 
 @dataclass
@@ -86,6 +110,7 @@ class Engine:
         self.providers = providers or ProviderPool(settings)
         self.guard = guard
         self.rand = rand
+        self.request_seconds = RequestTimes()
         self.backoff = policy.Backoff(
             settings.backoff_initial,
             settings.backoff_factor,
@@ -115,7 +140,7 @@ class Engine:
             uuid.uuid4().hex[:20], record, rescue_at=now + self.settings.rescue_grace
         )
         if created:
-            self.send_poll(tid, token, 0.0)
+            self.send_poll([(tid, token)], 0.0)
         return tid
 
     def _compact(self, fields: dict[str, Any], timeout: float) -> dict[str, Any]:
@@ -127,8 +152,7 @@ class Engine:
                 out[name] = self.store.put_signature(compact_signature(fields[name]), ttl)
         if not out.get("metadata"):
             out.pop("metadata", None)
-        if self.providers.get(str(fields["account"])).batch_size > 1:
-            out["batch"] = "1"
+        self.providers.get(str(fields["account"]))  # an unknown account fails here, not later
         return out
 
     def cancel(self, tid: str) -> bool:
@@ -149,41 +173,75 @@ class Engine:
 
     # -- one poll ----------------------------------------------------------------------------
 
-    def poll(self, tid: str, token: str) -> str:
-        """Poll one export if this message is still the current one; returns what happened.
+    def poll(self, tid: str, token: str, more: Sequence[tuple[str, str]] = ()) -> str:
+        """Poll the exports a message names that are still its to poll; returns what became of
+        the first (its new state, or why the message was dropped: stale, busy, done...).
 
-        For providers with bulk status calls (CGC), other due exports of the same account are
-        claimed too and asked about in the same request; each still gets its own commit.
+        A message names one export or a train of one account's exports. The run takes the
+        account's other due exports along, up to what fits its time budget, so a fleet sends
+        one message per train instead of one per poll; every export still has its own claim,
+        commit and callback.
         """
         now = clock.now()
+        pairs = [(tid, token), *more]
         lease_until = now + self.settings.lease_seconds
-        claim = self.store.claim(tid, token, uuid.uuid4().hex, now=now, lease_until=lease_until)
-        if isinstance(claim, str):
-            log.info("poll dropped tracking_id=%s reason=%s", tid, claim)
-            return claim
-        account = claim.fields["account"]
+        results = self.store.claim_many(pairs, uuid.uuid4().hex, now=now, lease_until=lease_until)
+        by_account: dict[str, list[Claim]] = {}
+        for (ptid, _), result in zip(pairs, results, strict=True):
+            if isinstance(result, str):
+                log.info("poll dropped tracking_id=%s reason=%s", ptid, result)
+            else:
+                by_account.setdefault(result.fields["account"], []).append(result)
+        states: dict[str, str] = {}
+        for account, claims in by_account.items():
+            states |= self._poll_account(account, claims, now, lease_until)
+        first = results[0]
+        return first if isinstance(first, str) else states.get(tid, "lost")
+
+    def _poll_account(
+        self, account: str, claims: list[Claim], now: float, lease_until: float
+    ) -> dict[str, str]:
         try:
             provider = self.providers.get(account)
         except errors.ConfigurationError as exc:
-            return self._apply(claim, errors.RetryLater(str(exc)))
-        claims = [claim, *self._batch_mates(claim, provider, now, lease_until)]
-        outcomes = self._ask(provider, account, claims)
-        states = [self._apply(c, outcomes[c.tracking_id]) for c in claims]
-        return states[0]
-
-    def _batch_mates(
-        self, claim: Claim, provider: Provider, now: float, lease_until: float
-    ) -> list[Claim]:
-        if provider.batch_size <= 1:
-            return []
-        return self.store.claim_batch(
-            claim.fields["account"],
-            claim.claim_id,
+            return self._settle(claims, dict.fromkeys(_ids(claims), errors.RetryLater(str(exc))))
+        claims = claims + self.store.claim_due(
+            account,
+            claims[0].claim_id,
             now=now,
             lease_until=lease_until,
             due_by=now + self.settings.backoff_floor,
-            limit=provider.batch_size - 1,
+            limit=self._train_size(account, provider) - len(claims),
         )
+        outcomes = self._ask_train(provider, account, claims)
+        unasked = [c for c in claims if c.tracking_id not in outcomes]
+        if unasked:  # out of time: fan the rest out, in trains sized by what was measured
+            self.store.release(unasked, rescue_at=clock.now() + self.settings.rescue_grace)
+            pairs = [(c.tracking_id, c.fields["token"]) for c in unasked]
+            size = self._train_size(account, provider)
+            for start in range(0, len(pairs), size):
+                self.send_poll(pairs[start : start + size], 0.0)
+        return self._settle([c for c in claims if c.tracking_id in outcomes], outcomes)
+
+    def _train_size(self, account: str, provider: Provider) -> int:
+        return policy.train_size(
+            self.request_seconds.get(account),
+            budget=self.settings.train_seconds,
+            most=self.settings.train_max,
+            batch_size=provider.batch_size,
+        )
+
+    def _ask_train(
+        self, provider: Provider, account: str, claims: list[Claim]
+    ) -> dict[str, Outcome]:
+        """Requests of `batch_size` one after another, until the train's time is up."""
+        started = clock.now()
+        outcomes: dict[str, Outcome] = {}
+        for start in range(0, len(claims), provider.batch_size):
+            if outcomes and clock.now() - started > self.settings.train_seconds:
+                break
+            outcomes |= self._ask(provider, account, claims[start : start + provider.batch_size])
+        return outcomes
 
     def _ask(self, provider: Provider, account: str, claims: list[Claim]) -> dict[str, Outcome]:
         """One request for these claims; always an outcome per claim, never an exception."""
@@ -193,9 +251,10 @@ class Engine:
                 f"account {account!r} is held back (rate limit or open breaker)",
                 retry_after=wait + self.rand() * 0.5,
             )
-            return {c.tracking_id: held for c in claims}
+            return dict.fromkeys(_ids(claims), held)
         ids = [c.fields["export_id"] for c in claims]
         by_id: dict[str, Outcome]
+        started = clock.now()
         try:
             by_id = provider.fetch_many(ids)
         except errors.ProviderError as exc:
@@ -203,6 +262,7 @@ class Engine:
         except Exception as exc:
             log.exception("adapter bug account=%s", account)
             by_id = dict.fromkeys(ids, errors.BadResponse(f"adapter raised {type(exc).__name__}"))
+        self.request_seconds.observe(account, clock.now() - started)
         if self.guard:
             failed = any(
                 isinstance(o, errors.ServerError | errors.TransportError) for o in by_id.values()
@@ -212,7 +272,28 @@ class Engine:
         missing = errors.BadResponse(f"{provider.name} said nothing about this export")
         return {c.tracking_id: by_id.get(c.fields["export_id"], missing) for c in claims}
 
-    def _apply(self, claim: Claim, outcome: Outcome) -> str:
+    def _settle(self, claims: list[Claim], outcomes: dict[str, Outcome]) -> dict[str, str]:
+        """Commit every answer in one round trip, then fire callbacks and send follow-ups."""
+        plans = [self._plan(c, outcomes[c.tracking_id]) for c in claims]
+        committed = self.store.commit_many([p.write for p in plans])
+        states: dict[str, str] = {}
+        follow: list[_Plan] = []
+        for plan, ok in zip(plans, committed, strict=True):
+            tid = plan.write.claim.tracking_id
+            if not ok:
+                log.warning("poll lost its claim tracking_id=%s", tid)
+                states[tid] = "lost"
+                continue
+            _log_poll(plan)
+            states[tid] = plan.decision.state
+            if plan.decision.terminal:
+                self._safe_dispatch(tid)
+            elif plan.handoff:
+                follow.append(plan)
+        self._send_trains(follow)
+        return states
+
+    def _plan(self, claim: Claim, outcome: Outcome) -> _Plan:
         rec, now = claim.fields, clock.now()
         ctx = policy.PollContext(
             attempts=int(rec["attempts"]) + 1,
@@ -229,31 +310,30 @@ class Engine:
             confirm_refusals=self.settings.confirm_refusals,
             rand=self.rand,
         )
-        fields = _fields_for(decision, ctx, now)
         delay = None if decision.next_poll_at is None else decision.next_poll_at - now
         handoff = delay is not None and delay <= self.settings.enqueue_horizon
         sched = decision.next_poll_at
         if handoff and sched is not None:
             sched += self.settings.rescue_grace
-        token = uuid.uuid4().hex[:16]
         said = outcome.state if isinstance(outcome, ExportStatus) else outcome.kind
-        if not self.store.commit(
+        write = Write(
             claim,
-            fields,
-            new_token=token,
-            now=now,
-            terminal=decision.terminal,
-            sched_score=sched,
-            outcome=said,
-        ):
-            log.warning("poll lost its claim tracking_id=%s", claim.tracking_id)
-            return "lost"
-        _log_poll(claim, outcome, decision, delay, fields["attempts"])
-        if decision.terminal:
-            self._safe_dispatch(claim.tracking_id)
-        elif handoff and delay is not None:
-            self.send_poll(claim.tracking_id, token, max(0.0, delay))
-        return decision.state
+            _fields_for(decision, ctx, now),
+            uuid.uuid4().hex[:16],
+            now,
+            decision.terminal,
+            sched,
+            said,
+        )
+        return _Plan(write, decision, delay, handoff)
+
+    def _send_trains(self, plans: list[_Plan]) -> None:
+        """Follow-ups due within a second of each other leave as one message."""
+        delays = [max(0.0, p.delay or 0.0) for p in plans]
+        groups = policy.group_trains(delays, spread=_TRAIN_SPREAD, most=self.settings.train_max)
+        for group in groups:
+            pairs = [(plans[i].write.claim.tracking_id, plans[i].write.new_token) for i in group]
+            self.send_poll(pairs, delays[group[0]])
 
     # -- callbacks ---------------------------------------------------------------------------
 
@@ -297,8 +377,12 @@ class Engine:
             send, expired = self.store.due(now, now + s.rescue_grace, s.sweep_batch, s.rescue_grace)
             for tid in expired:
                 report.expired += int(self._expire(tid, now))
-            for tid, token in send:
-                self.send_poll(tid, token, 0.0)
+            by_account: dict[str, list[tuple[str, str]]] = {}
+            for tid, token, account in send:
+                by_account.setdefault(account, []).append((tid, token))
+            for pairs in by_account.values():
+                for start in range(0, len(pairs), s.train_max):
+                    self.send_poll(pairs[start : start + s.train_max], 0.0)
             report.enqueued += len(send)
             if len(send) + len(expired) < s.sweep_batch:
                 break
@@ -338,22 +422,19 @@ def _fields_for(decision: policy.Decision, ctx: policy.PollContext, now: float) 
     return fields
 
 
-def _log_poll(
-    claim: Claim,
-    outcome: ExportStatus | errors.ProviderError,
-    decision: policy.Decision,
-    delay: float | None,
-    attempts: int,
-) -> None:
-    rec = claim.fields
-    said = outcome.state if isinstance(outcome, ExportStatus) else outcome.kind
+def _ids(claims: list[Claim]) -> list[str]:
+    return [c.tracking_id for c in claims]
+
+
+def _log_poll(plan: _Plan) -> None:
+    rec, delay = plan.write.claim.fields, plan.delay
     log.info(
         "poll tracking_id=%s provider=%s account=%s outcome=%s state=%s attempts=%s next_delay=%s",
-        claim.tracking_id,
+        plan.write.claim.tracking_id,
         rec.get("provider"),
         rec.get("account"),
-        said,
-        decision.state,
-        rec.get("attempts"),
+        plan.write.outcome,
+        plan.decision.state,
+        plan.write.fields["attempts"],
         "-" if delay is None else f"{delay:.1f}",
     )

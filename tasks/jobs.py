@@ -24,9 +24,10 @@ _POLL_TIME_LIMIT = int(max(10.0, settings.lease_seconds - 10.0))
     ignore_result=True,
     time_limit=_POLL_TIME_LIMIT,
 )
-def poll(tracking_id: str, token: str) -> None:
-    """Poll one export; a stale or duplicate message is recognised by its token and ignored."""
-    get_engine().poll(tracking_id, token)
+def poll(tracking_id: str, token: str, more: list[list[str]] | None = None) -> None:
+    """Poll one export, or a train of one account's exports (`more` holds [tid, token] pairs);
+    a stale or duplicate message is recognised by its tokens and ignored."""
+    get_engine().poll(tracking_id, token, [(str(t), str(k)) for t, k in more or ()])
 
 
 @app.task(name="exports.sweep", ignore_result=True, acks_late=True)

@@ -207,3 +207,30 @@ def breaker_trips(total: int, failures: int, *, min_calls: int, ratio: float) ->
 def breaker_cooldown(trips: int, *, base: float, maximum: float) -> float:
     """Each trip in a row doubles the pause, so a provider that stays down is asked rarely."""
     return float(min(maximum, base * 2 ** min(max(trips - 1, 0), 32)))
+
+
+def train_size(
+    seconds_per_request: float | None, *, budget: float, most: int, batch_size: int
+) -> int:
+    """How many exports one poll task takes on: as many requests as fit its time budget.
+
+    One message per export costs the broker and the worker more than a fast provider's answer,
+    so polls of one account ride together; a slow provider gets short trains so due exports
+    are not left queueing behind each other. Unmeasured, a train is one request.
+    """
+    fits = 1 if seconds_per_request is None else int(budget / max(seconds_per_request, 1e-6))
+    return min(max(1, min(fits, most)) * batch_size, max(most, batch_size))
+
+
+def group_trains(delays: list[float], *, spread: float, most: int) -> list[list[int]]:
+    """Indices of follow-up polls grouped into messages: sorted by wait, each group spanning
+    at most `spread` seconds and `most` polls, so no poll runs more than `spread` early."""
+    order = sorted(range(len(delays)), key=delays.__getitem__)
+    groups: list[list[int]] = []
+    for i in order:
+        group = groups[-1] if groups else None
+        if group and len(group) < most and delays[i] - delays[group[0]] <= spread:
+            group.append(i)
+        else:
+            groups.append([i])
+    return groups

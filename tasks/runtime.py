@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import cache
 from typing import Any
 
@@ -18,9 +19,11 @@ from tasks.store import Store
 _MIN_COUNTDOWN = 0.05
 
 
-def _send_poll(tracking_id: str, token: str, countdown: float) -> None:
+def _send_poll(pairs: Sequence[tuple[str, str]], countdown: float) -> None:
+    (tracking_id, token), *more = pairs
+    args = (tracking_id, token, [list(p) for p in more]) if more else (tracking_id, token)
     delay = countdown if countdown >= _MIN_COUNTDOWN else None
-    app.send_task("exports.poll", args=(tracking_id, token), countdown=delay)
+    app.send_task("exports.poll", args=args, countdown=delay)
 
 
 def _send_callback(sig: dict[str, Any], record: dict[str, Any]) -> None:

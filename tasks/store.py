@@ -9,15 +9,16 @@ Keys (prefix `ep` by default):
                                a parked poll, the rescue time of one handed to Celery or in
                                flight; a due entry past its deadline is expired instead
     {p}:outbox         zset    tid -> when its callback is (re)dispatched
-    {p}:batch:{acct}   zset    tid -> next poll time, only for providers with bulk status calls
+    {p}:due:{acct}     zset    tid -> next poll time, per account: a poll task takes the
+                               account's other due exports along in one run (a train)
     {p}:sig:{digest}   string  a callback signature, shared by every export that names it
     {p}:metrics        hash    counters and gauges for Prometheus, kept by the same scripts
 
 Every change of state is one Lua script, so two workers, two beats or a replayed message can
-never both move an export or both dispatch its callback. Broker messages carry only a tracking id
-and a poll token; a message whose token is not the record's current one does nothing. Scripts
-touch keys they derive from a record (the idempotency and batch keys), so the store assumes one
-Redis server (not Redis Cluster), as Celery's Redis transport does.
+never both move an export or both dispatch its callback. Broker messages carry only tracking ids
+and poll tokens; a message whose token is not the record's current one does nothing. Scripts
+touch keys they derive from a record (the idempotency and per-account keys), so the store
+assumes one Redis server (not Redis Cluster), as Celery's Redis transport does.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -36,6 +37,7 @@ Arg = str | int | float
 ACTIVE = ("pending", "running")
 _SIG_SLACK = 3600.0
 DIGEST_CHARS = 20
+_EARLY = 2.0  # seconds a poll may run before its planned time (a train's spread)
 
 _TRACK = """
 local existing = redis.call('HGET', KEYS[1], ARGV[2])
@@ -46,31 +48,53 @@ end
 redis.call('HSET', KEYS[1], ARGV[2], ARGV[1])
 redis.call('HSET', KEYS[2], unpack(ARGV, 6))
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
-local rec = redis.call('HMGET', KEYS[2], 'provider', 'batch')
-if rec[2] == '1' then redis.call('ZADD', KEYS[5], ARGV[4], ARGV[1]) end
-redis.call('HINCRBY', KEYS[4], 'active|' .. rec[1] .. '|pending', 1)
+redis.call('ZADD', KEYS[5], ARGV[4], ARGV[1])
+local provider = redis.call('HGET', KEYS[2], 'provider')
+redis.call('HINCRBY', KEYS[4], 'active|' .. provider .. '|pending', 1)
 return {1, ARGV[1]}
 """
 
+# ARGV: now, lease_until, claim id, how early a poll may run, "{p}:x:", then tid/token pairs.
 _CLAIM = """
-local v = redis.call('HMGET', KEYS[1], 'token', 'state', 'lease_until', 'next_poll_at')
-if not v[1] then return {'missing'} end
-if v[1] ~= ARGV[2] then return {'stale'} end
-if v[2] ~= 'pending' and v[2] ~= 'running' then return {'done'} end
-if v[3] and tonumber(v[3]) > tonumber(ARGV[3]) then return {'busy'} end
-if v[4] and tonumber(v[4]) > tonumber(ARGV[3]) + tonumber(ARGV[6]) then return {'early'} end
-redis.call('HSET', KEYS[1], 'lease_until', ARGV[4], 'claim', ARGV[5])
-redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
-local out = redis.call('HGETALL', KEYS[1])
-table.insert(out, 1, 'ok')
+local now, out = tonumber(ARGV[1]), {}
+for i = 6, #ARGV, 2 do
+  local tid, key = ARGV[i], ARGV[5] .. ARGV[i]
+  local v = redis.call('HMGET', key, 'token', 'state', 'lease_until', 'next_poll_at')
+  local why = nil
+  if not v[1] then why = 'missing'
+  elseif v[1] ~= ARGV[i + 1] then why = 'stale'
+  elseif v[2] ~= 'pending' and v[2] ~= 'running' then why = 'done'
+  elseif v[3] and tonumber(v[3]) > now then why = 'busy'
+  elseif v[4] and tonumber(v[4]) > now + tonumber(ARGV[4]) then why = 'early'
+  end
+  if why then
+    out[#out + 1] = why
+  else
+    redis.call('HSET', key, 'lease_until', ARGV[2], 'claim', ARGV[3])
+    redis.call('ZADD', KEYS[1], ARGV[2], tid)
+    out[#out + 1] = redis.call('HGETALL', key)
+  end
+end
 return out
+"""
+
+# ARGV: claim id, rescue time, "{p}:x:", then the tids whose claims go back unused.
+_RELEASE = """
+for i = 4, #ARGV do
+  local key = ARGV[3] .. ARGV[i]
+  if redis.call('HGET', key, 'claim') == ARGV[1] then
+    redis.call('HDEL', key, 'claim', 'lease_until')
+    redis.call('ZADD', KEYS[1], ARGV[2], ARGV[i])
+  end
+end
+return 1
 """
 
 # Shared tail of every move to a terminal state; P is the key prefix ("ep:").
 _FINISH_TAIL = """
-  local ids = redis.call('HMGET', KEYS[1], 'account', 'idem', 'batch')
+  local ids = redis.call('HMGET', KEYS[1], 'account', 'idem')
   redis.call('ZREM', KEYS[2], ARGV[1])
-  if ids[3] == '1' then redis.call('ZREM', P .. 'batch:' .. ids[1], ARGV[1]) end
+  redis.call('ZREM', P .. 'due:' .. ids[1], ARGV[1])
   if ids[2] and redis.call('HGET', P .. 'idem', ids[2]) == ARGV[1] then
     redis.call('HDEL', P .. 'idem', ids[2])
   end
@@ -104,8 +128,7 @@ if ARGV[3] == '1' then
   redis.call('ZADD', KEYS[3], ARGV[5], ARGV[1])
 else
   redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
-  local acct = redis.call('HMGET', KEYS[1], 'account', 'batch')
-  if acct[2] == '1' then redis.call('ZADD', P .. 'batch:' .. acct[1], ARGV[8], ARGV[1]) end
+  redis.call('ZADD', P .. 'due:' .. redis.call('HGET', KEYS[1], 'account'), ARGV[8], ARGV[1])
 end
 return 1
 """
@@ -132,7 +155,7 @@ _DUE = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
 local send, expired = {}, {}
 for _, tid in ipairs(due) do
-  local v = redis.call('HMGET', ARGV[4] .. tid, 'token', 'deadline')
+  local v = redis.call('HMGET', ARGV[4] .. tid, 'token', 'deadline', 'account')
   if not v[1] or v[1] == '' then
     redis.call('ZREM', KEYS[1], tid)
   else
@@ -142,13 +165,14 @@ for _, tid in ipairs(due) do
     else
       send[#send + 1] = tid
       send[#send + 1] = v[1]
+      send[#send + 1] = v[3]
     end
   end
 end
 return {send, expired}
 """
 
-_CLAIM_BATCH = """
+_CLAIM_DUE = """
 local limit = tonumber(ARGV[4])
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[6], 'LIMIT', 0, 2 * limit)
 local out = {}
@@ -184,6 +208,19 @@ class Claim:
     fields: dict[str, str]
 
 
+@dataclass(frozen=True)
+class Write:
+    """One poll's result, to be written only while its claim still holds."""
+
+    claim: Claim
+    fields: Mapping[str, Any]
+    new_token: str
+    now: float
+    terminal: bool
+    sched_score: float | None
+    outcome: str = "unknown"
+
+
 def idem_digest(account: str, export_id: str) -> str:
     """Short enough to keep the record a listpack, long enough (80 bits) never to collide."""
     text = f"{account}\n{export_id}".encode()
@@ -214,6 +251,10 @@ def _hash(flat: list[Any]) -> dict[str, str]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
+def _fields(flat: list[Any]) -> dict[str, str]:
+    return _hash([_text(x) for x in flat])
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -234,14 +275,15 @@ class Store:
         self._commit = client.register_script(_COMMIT)
         self._finish = client.register_script(_FINISH)
         self._due = client.register_script(_DUE)
-        self._claim_batch = client.register_script(_CLAIM_BATCH)
+        self._claim_due = client.register_script(_CLAIM_DUE)
+        self._release = client.register_script(_RELEASE)
         self._claim_outbox = client.register_script(_CLAIM_OUTBOX)
 
     def key(self, tid: str) -> str:
         return f"{self.prefix}:x:{tid}"
 
-    def batch_key(self, account: str) -> str:
-        return f"{self.prefix}:batch:{account}"
+    def due_key(self, account: str) -> str:
+        return f"{self.prefix}:due:{account}"
 
     # -- callback signatures -----------------------------------------------------------------
 
@@ -271,7 +313,7 @@ class Store:
         digest = idem_digest(account, export_id)
         args: list[Arg] = [tid, digest, rescue_at, _encode(fields["next_poll_at"])]
         args += [f"{self.prefix}:x:", *_pairs({**fields, "idem": digest})]
-        keys = [self.idem, self.key(tid), self.sched, self.metrics, self.batch_key(account)]
+        keys = [self.idem, self.key(tid), self.sched, self.metrics, self.due_key(account)]
         created, existing = self._track(keys=keys, args=args)
         return bool(created), _text(existing)
 
@@ -279,31 +321,41 @@ class Store:
         self, tid: str, token: str, claim_id: str, *, now: float, lease_until: float
     ) -> Claim | str:
         """Take the poll lease, or say why not: missing, stale, done, busy or early."""
-        args: list[Arg] = [tid, token, now, lease_until, claim_id, 2.0]
-        reply = self._claim(keys=[self.key(tid), self.sched], args=args)
-        status = _text(reply[0])
-        if status != "ok":
-            return status
-        return Claim(tid, claim_id, _hash([_text(x) for x in reply[1:]]))
+        return self.claim_many([(tid, token)], claim_id, now=now, lease_until=lease_until)[0]
 
-    def commit(
-        self,
-        claim: Claim,
-        fields: Mapping[str, Any],
-        *,
-        new_token: str,
-        now: float,
-        terminal: bool,
-        sched_score: float | None,
-        outcome: str = "unknown",
-    ) -> bool:
+    def claim_many(
+        self, pairs: Sequence[tuple[str, str]], claim_id: str, *, now: float, lease_until: float
+    ) -> list[Claim | str]:
+        """`claim` for every (tid, token) a message names, in one round trip."""
+        args: list[Arg] = [now, lease_until, claim_id, _EARLY, f"{self.prefix}:x:"]
+        for tid, token in pairs:
+            args += [tid, token]
+        replies = self._claim(keys=[self.sched], args=args)
+        return [
+            _text(reply) if isinstance(reply, bytes | str) else Claim(tid, claim_id, _fields(reply))
+            for (tid, _), reply in zip(pairs, replies, strict=True)
+        ]
+
+    def release(self, claims: Sequence[Claim], *, rescue_at: float) -> None:
+        """Give back claims a poll took but did not get to; their tokens stay valid."""
+        if claims:
+            args: list[Arg] = [claims[0].claim_id, rescue_at, f"{self.prefix}:x:"]
+            self._release(keys=[self.sched], args=args + [c.tracking_id for c in claims])
+
+    def commit(self, write: Write) -> bool:
         """Write a poll's result if its claim still holds; terminal writes also fill the outbox."""
-        tid = claim.tracking_id
-        args: list[Arg] = [tid, claim.claim_id, int(terminal), sched_score or 0, now]
-        args += ["" if terminal else new_token, f"{self.prefix}:"]
-        args += [fields.get("next_poll_at") or 0, outcome]
-        keys = [self.key(tid), self.sched, self.outbox]
-        return bool(self._commit(keys=keys, args=args + _pairs(fields)))
+        return self.commit_many([write])[0]
+
+    def commit_many(self, writes: Sequence[Write]) -> list[bool]:
+        """`commit` for a whole train of polls, in one round trip; each succeeds on its own."""
+        with self.r.pipeline(transaction=False) as pipe:
+            for w in writes:
+                tid = w.claim.tracking_id
+                args: list[Arg] = [tid, w.claim.claim_id, int(w.terminal), w.sched_score or 0]
+                args += [w.now, "" if w.terminal else w.new_token, f"{self.prefix}:"]
+                args += [w.fields.get("next_poll_at") or 0, w.outcome, *_pairs(w.fields)]
+                self._commit(keys=[self.key(tid), self.sched, self.outbox], args=args, client=pipe)
+            return [bool(x) for x in pipe.execute()]
 
     def finish(
         self,
@@ -324,15 +376,17 @@ class Store:
 
     def due(
         self, now: float, rescue_at: float, limit: int, grace: float
-    ) -> tuple[list[tuple[str, str]], list[str]]:
-        """Polls due (or lost) now, and exports past their deadline; both re-armed for rescue,
-        so one sweep handles each once."""
+    ) -> tuple[list[tuple[str, str, str]], list[str]]:
+        """Polls due (or lost) now as (tid, token, account), and exports past their deadline;
+        both re-armed for rescue, so one sweep handles each once."""
         args: list[Arg] = [now, rescue_at, limit, f"{self.prefix}:x:", grace]
         send, expired = self._due(keys=[self.sched], args=args)
         flat = [_text(x) for x in send]
-        return list(zip(flat[::2], flat[1::2], strict=True)), [_text(x) for x in expired]
+        return list(zip(flat[::3], flat[1::3], flat[2::3], strict=True)), [
+            _text(x) for x in expired
+        ]
 
-    def claim_batch(
+    def claim_due(
         self,
         account: str,
         claim_id: str,
@@ -342,13 +396,13 @@ class Store:
         due_by: float,
         limit: int,
     ) -> list[Claim]:
-        """Take up to `limit` more polls of one account due by `due_by`, for one bulk request."""
+        """Take up to `limit` more polls of one account due by `due_by`, to ride along."""
         if limit <= 0:
             return []
         args: list[Arg] = [now, lease_until, claim_id, limit, f"{self.prefix}:x:", due_by]
-        flat = self._claim_batch(keys=[self.batch_key(account), self.sched], args=args)
+        flat = self._claim_due(keys=[self.due_key(account), self.sched], args=args)
         return [
-            Claim(_text(tid), claim_id, _hash([_text(x) for x in fields]))
+            Claim(_text(tid), claim_id, _fields(fields))
             for tid, fields in zip(flat[::2], flat[1::2], strict=True)
         ]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,12 +65,19 @@ class FakePool:
 class Broker:
     """Records what the engine would have sent to Celery, so tests deliver messages by hand."""
 
-    polls: list[tuple[str, str, float]] = field(default_factory=list)
+    messages: list[tuple[list[tuple[str, str]], float]] = field(default_factory=list)
     callbacks: list[tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=list)
     fail_callbacks: int = 0
 
-    def send_poll(self, tid: str, token: str, countdown: float) -> None:
-        self.polls.append((tid, token, countdown))
+    def send_poll(self, pairs: Sequence[tuple[str, str]], countdown: float) -> None:
+        self.messages.append((list(pairs), countdown))
+
+    @property
+    def polls(self) -> list[tuple[str, str, float]]:
+        """Every export a pending message names, as (tid, token, countdown)."""
+        return [
+            (tid, token, countdown) for pairs, countdown in self.messages for tid, token in pairs
+        ]
 
     def send_callback(self, sig: dict[str, Any], record: dict[str, Any]) -> None:
         if self.fail_callbacks:
@@ -79,7 +86,12 @@ class Broker:
         self.callbacks.append((sig, record))
 
     def take_polls(self) -> list[tuple[str, str, float]]:
-        taken, self.polls = self.polls, []
+        taken = self.polls
+        self.messages = []
+        return taken
+
+    def take_messages(self) -> list[tuple[list[tuple[str, str]], float]]:
+        taken, self.messages = self.messages, []
         return taken
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from providers import errors
+from providers.models import ExportStatus
 from tasks.engine import Engine
 from tasks.store import Store
-from tests.unit.conftest import Broker, Clock, ScriptedProvider
+from tests.unit.conftest import Broker, Clock, FakePool, ScriptedProvider
 
 SIG_OK = {"task": "myapp.export_ready", "args": [], "kwargs": {}, "options": {}}
 SIG_FAIL = {"task": "myapp.export_failed", "args": [], "kwargs": {}, "options": {}}
@@ -219,7 +220,7 @@ def test_a_poll_in_flight_when_cancelled_cannot_finish_the_export(
     claim = store.claim(tid, token, "w", now=fake_clock(), lease_until=fake_clock() + 120)
     assert not isinstance(claim, str)
     engine.cancel(tid)
-    assert engine._apply(claim, provider.fetch("e1")) == "lost"
+    assert engine._settle([claim], {tid: provider.fetch("e1")}) == {tid: "lost"}
     assert broker.callbacks == [] and engine.get(tid)["state"] == "cancelled"  # type: ignore[index]
 
 
@@ -234,3 +235,62 @@ def test_an_adapter_bug_is_retried_not_fatal(
     assert deliver(engine, broker, fake_clock) == ["pending"]
     record = engine.get(tid)
     assert record and record["error"]["kind"] == "bad_response" and broker.polls
+
+
+class SlowProvider(ScriptedProvider):
+    """Every request takes `seconds` of the fake clock."""
+
+    def __init__(self, clock: Clock, seconds: float) -> None:
+        super().__init__()
+        self.clock, self.seconds = clock, seconds
+
+    def fetch(self, export_id: str) -> ExportStatus | errors.ProviderError:
+        self.clock.advance(self.seconds)
+        return super().fetch(export_id)
+
+
+def test_polls_of_one_account_ride_together_once_the_provider_is_timed(
+    engine: Engine, broker: Broker, provider: ScriptedProvider, fake_clock: Clock
+) -> None:
+    tids = [track(engine, f"e{i}") for i in range(120)]
+    assert len(broker.messages) == 120  # tracking sends one first poll each
+    first = broker.take_messages()
+    engine.poll(*first[0][0][0])  # unmeasured provider: this run polls one export
+    assert len(provider.calls) == 1
+    for pairs, _ in first[1:]:
+        engine.poll(*pairs[0], pairs[1:])
+    # every export polled once, by runs of up to 50 (train_max), whatever message named it
+    assert sorted(provider.calls) == sorted(f"e{i}" for i in range(120))
+    follow = broker.take_messages()
+    assert [len(pairs) for pairs, _ in follow] == [1, 50, 50, 19]
+    fake_clock.advance(max(c for _, c in follow))
+    for pairs, _ in follow:
+        engine.poll(*pairs[0], pairs[1:])
+    # runs took due exports from each other's messages: trains merged to ceil(120 / 50)
+    assert len(provider.calls) == 240 and len(set(provider.calls)) == 120
+    assert sorted(len(pairs) for pairs, _ in broker.messages) == [20, 50, 50]
+    assert {engine.get(t)["attempts"] for t in tids} == {2}  # type: ignore[index]
+
+
+def test_a_slow_provider_gets_short_trains_and_the_rest_is_passed_on(
+    settings: object, store: Store, broker: Broker, fake_clock: Clock
+) -> None:
+    provider = SlowProvider(fake_clock, seconds=0.4)  # 1 s budget: two or three per run
+    engine = Engine(
+        settings,  # type: ignore[arg-type]
+        store,
+        broker.send_poll,
+        broker.send_callback,
+        providers=FakePool(provider),  # type: ignore[arg-type]
+        rand=lambda: 1.0,
+    )
+    for i in range(10):
+        track(engine, f"e{i}")
+    pairs = [(tid, token) for tid, token, _ in broker.take_polls()]
+    engine.poll(*pairs[0], pairs[1:])  # one message naming all ten
+    assert len(provider.calls) == 3  # out of time after 1.2 s: the other seven go on now,
+    passed_on = [m for m in broker.take_messages() if m[1] == 0.0]
+    assert [len(pairs) for pairs, _ in passed_on] == [2, 2, 2, 1]  # in trains of 1 s each
+    for pairs, _ in passed_on:
+        engine.poll(*pairs[0], pairs[1:])
+    assert len(provider.calls) == 10 and len(set(provider.calls)) == 10

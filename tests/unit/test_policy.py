@@ -134,3 +134,24 @@ def test_callbacks_by_terminal_state() -> None:
     assert policy.callback_kind("failed") == "on_failure"
     assert policy.callback_kind("timed_out") == "on_failure"
     assert policy.callback_kind("cancelled") is None
+
+
+def test_trains_are_one_request_until_the_provider_has_been_timed() -> None:
+    assert policy.train_size(None, budget=1.0, most=50, batch_size=1) == 1
+    assert policy.train_size(None, budget=1.0, most=50, batch_size=100) == 100
+
+
+def test_fast_providers_get_long_trains_and_slow_ones_short_ones() -> None:
+    assert policy.train_size(0.002, budget=1.0, most=50, batch_size=1) == 50  # capped
+    assert policy.train_size(0.25, budget=1.0, most=50, batch_size=1) == 4
+    assert policy.train_size(5.0, budget=1.0, most=50, batch_size=1) == 1  # never zero
+    assert policy.train_size(0.002, budget=1.0, most=50, batch_size=100) == 100  # one bulk call
+
+
+def test_follow_ups_group_by_due_time_within_the_spread_and_the_cap() -> None:
+    delays = [5.0, 0.2, 0.0, 5.5, 0.9, 7.0, 1.3]
+    groups = policy.group_trains(delays, spread=1.0, most=3)
+    assert groups == [[2, 1, 4], [6], [0, 3], [5]]
+    for group in groups:
+        assert max(delays[i] for i in group) - delays[group[0]] <= 1.0
+    assert sorted(i for g in groups for i in g) == list(range(len(delays)))
