@@ -214,6 +214,7 @@ class Engine:
             limit=self._train_size(account, provider) - len(claims),
         )
         outcomes = self._ask_train(provider, account, claims)
+        states = self._settle([c for c in claims if c.tracking_id in outcomes], outcomes)
         unasked = [c for c in claims if c.tracking_id not in outcomes]
         if unasked:  # out of time: fan the rest out, in trains sized by what was measured
             self.store.release(unasked, rescue_at=clock.now() + self.settings.rescue_grace)
@@ -221,7 +222,7 @@ class Engine:
             size = self._train_size(account, provider)
             for start in range(0, len(pairs), size):
                 self.send_poll(pairs[start : start + size], 0.0)
-        return self._settle([c for c in claims if c.tracking_id in outcomes], outcomes)
+        return states
 
     def _train_size(self, account: str, provider: Provider) -> int:
         return policy.train_size(
@@ -234,13 +235,18 @@ class Engine:
     def _ask_train(
         self, provider: Provider, account: str, claims: list[Claim]
     ) -> dict[str, Outcome]:
-        """Requests of `batch_size` one after another, until the train's time is up."""
+        """Requests of `batch_size` one after another, until the train's time is up; once the
+        account is held back (rate limit, open breaker) the rest of the train waits with it."""
         started = clock.now()
         outcomes: dict[str, Outcome] = {}
         for start in range(0, len(claims), provider.batch_size):
             if outcomes and clock.now() - started > self.settings.train_seconds:
                 break
-            outcomes |= self._ask(provider, account, claims[start : start + provider.batch_size])
+            chunk = claims[start : start + provider.batch_size]
+            outcomes |= self._ask(provider, account, chunk)
+            held = outcomes[chunk[0].tracking_id]
+            if isinstance(held, errors.Throttled):
+                return outcomes | dict.fromkeys(_ids(claims[start:]), held)
         return outcomes
 
     def _ask(self, provider: Provider, account: str, claims: list[Claim]) -> dict[str, Outcome]:

@@ -54,12 +54,14 @@ redis.call('HINCRBY', KEYS[4], 'active|' .. provider .. '|pending', 1)
 return {1, ARGV[1]}
 """
 
-# ARGV: now, lease_until, claim id, how early a poll may run, "{p}:x:", then tid/token pairs.
+# A claimed export's entry in its account's due index moves to the end of its lease, so other
+# runs looking for due exports to take along skip it; commit and release put it back.
+# ARGV: now, lease_until, claim id, how early a poll may run, "{p}:", then tid/token pairs.
 _CLAIM = """
 local now, out = tonumber(ARGV[1]), {}
 for i = 6, #ARGV, 2 do
-  local tid, key = ARGV[i], ARGV[5] .. ARGV[i]
-  local v = redis.call('HMGET', key, 'token', 'state', 'lease_until', 'next_poll_at')
+  local tid, key = ARGV[i], ARGV[5] .. 'x:' .. ARGV[i]
+  local v = redis.call('HMGET', key, 'token', 'state', 'lease_until', 'next_poll_at', 'account')
   local why = nil
   if not v[1] then why = 'missing'
   elseif v[1] ~= ARGV[i + 1] then why = 'stale'
@@ -72,19 +74,22 @@ for i = 6, #ARGV, 2 do
   else
     redis.call('HSET', key, 'lease_until', ARGV[2], 'claim', ARGV[3])
     redis.call('ZADD', KEYS[1], ARGV[2], tid)
+    redis.call('ZADD', ARGV[5] .. 'due:' .. v[5], ARGV[2], tid)
     out[#out + 1] = redis.call('HGETALL', key)
   end
 end
 return out
 """
 
-# ARGV: claim id, rescue time, "{p}:x:", then the tids whose claims go back unused.
+# ARGV: claim id, rescue time, "{p}:", then the tids whose claims go back unused.
 _RELEASE = """
 for i = 4, #ARGV do
-  local key = ARGV[3] .. ARGV[i]
-  if redis.call('HGET', key, 'claim') == ARGV[1] then
+  local key = ARGV[3] .. 'x:' .. ARGV[i]
+  local v = redis.call('HMGET', key, 'claim', 'account', 'next_poll_at')
+  if v[1] == ARGV[1] then
     redis.call('HDEL', key, 'claim', 'lease_until')
     redis.call('ZADD', KEYS[1], ARGV[2], ARGV[i])
+    redis.call('ZADD', ARGV[3] .. 'due:' .. v[2], tonumber(v[3]) or 0, ARGV[i])
   end
 end
 return 1
@@ -180,10 +185,14 @@ for _, tid in ipairs(due) do
   if #out >= 2 * limit then break end
   local key = ARGV[5] .. tid
   local v = redis.call('HMGET', key, 'state', 'lease_until')
-  if (v[1] == 'pending' or v[1] == 'running')
-      and not (v[2] and tonumber(v[2]) > tonumber(ARGV[1])) then
+  if v[1] ~= 'pending' and v[1] ~= 'running' then
+    redis.call('ZREM', KEYS[1], tid)
+  elseif v[2] and tonumber(v[2]) > tonumber(ARGV[1]) then
+    redis.call('ZADD', KEYS[1], v[2], tid)
+  else
     redis.call('HSET', key, 'lease_until', ARGV[2], 'claim', ARGV[3])
     redis.call('ZADD', KEYS[2], ARGV[2], tid)
+    redis.call('ZADD', KEYS[1], ARGV[2], tid)
     out[#out + 1] = tid
     out[#out + 1] = redis.call('HGETALL', key)
   end
@@ -327,7 +336,7 @@ class Store:
         self, pairs: Sequence[tuple[str, str]], claim_id: str, *, now: float, lease_until: float
     ) -> list[Claim | str]:
         """`claim` for every (tid, token) a message names, in one round trip."""
-        args: list[Arg] = [now, lease_until, claim_id, _EARLY, f"{self.prefix}:x:"]
+        args: list[Arg] = [now, lease_until, claim_id, _EARLY, f"{self.prefix}:"]
         for tid, token in pairs:
             args += [tid, token]
         replies = self._claim(keys=[self.sched], args=args)
@@ -339,7 +348,7 @@ class Store:
     def release(self, claims: Sequence[Claim], *, rescue_at: float) -> None:
         """Give back claims a poll took but did not get to; their tokens stay valid."""
         if claims:
-            args: list[Arg] = [claims[0].claim_id, rescue_at, f"{self.prefix}:x:"]
+            args: list[Arg] = [claims[0].claim_id, rescue_at, f"{self.prefix}:"]
             self._release(keys=[self.sched], args=args + [c.tracking_id for c in claims])
 
     def commit(self, write: Write) -> bool:

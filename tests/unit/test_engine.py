@@ -294,3 +294,22 @@ def test_a_slow_provider_gets_short_trains_and_the_rest_is_passed_on(
     for pairs, _ in passed_on:
         engine.poll(*pairs[0], pairs[1:])
     assert len(provider.calls) == 10 and len(set(provider.calls)) == 10
+
+
+def test_runs_looking_for_due_exports_skip_the_ones_other_runs_hold(
+    engine: Engine, store: Store, broker: Broker, fake_clock: Clock
+) -> None:
+    for i in range(250):
+        track(engine, f"e{i}")
+    now = fake_clock()
+    taken = [
+        store.claim_due("scripted", run, now=now, lease_until=now + 120, due_by=now, limit=100)
+        for run in ("run-a", "run-b", "run-c", "run-d")
+    ]
+    assert [len(t) for t in taken] == [100, 100, 50, 0]
+    assert len({c.tracking_id for t in taken for c in t}) == 250
+    store.release(taken[0], rescue_at=now + 30)  # given back: the next run finds them again
+    again = store.claim_due(
+        "scripted", "run-e", now=now, lease_until=now + 120, due_by=now, limit=100
+    )
+    assert {c.tracking_id for c in again} == {c.tracking_id for c in taken[0]}

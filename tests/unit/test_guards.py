@@ -70,6 +70,28 @@ def test_rate_limit_holds_polls_back_without_sending_them(
         assert 0 < record["next_poll_at"] - fake_clock() <= 61
 
 
+def test_a_held_back_train_waits_together_and_comes_back_as_one_message(
+    redis_client: fakeredis.FakeRedis,
+    provider: ScriptedProvider,
+    broker: Broker,
+    fake_clock: Clock,
+) -> None:
+    engine = make_engine(make_settings(limit="3/minute"), redis_client, provider, broker)
+    tids = [track(engine, f"e{i}") for i in range(20)]
+    pairs = [(tid, token) for tid, token, _ in broker.take_polls()]
+    engine.poll(*pairs[0], pairs[1:])  # one train of twenty
+    assert len(provider.calls) == 3
+    records = [engine.get(tid) or {} for tid in tids]
+    held = [r for r in records if r["attempts"] == 0]
+    assert len(held) == 17 and len({r["next_poll_at"] for r in held}) == 1
+    assert 0 < held[0]["next_poll_at"] - fake_clock() <= 61  # when the window has room
+    broker.take_messages()
+    fake_clock.advance(held[0]["next_poll_at"] - fake_clock() + 0.01)  # records keep ms
+    engine.sweep()  # (the three polled ones are overdue too: their messages were dropped)
+    [(sent, _)] = broker.messages
+    assert {r["tracking_id"] for r in held} <= {tid for tid, _ in sent}
+
+
 def test_breaker_opens_on_mostly_5xx_and_holds_every_export_of_the_account(
     redis_client: fakeredis.FakeRedis,
     provider: ScriptedProvider,
