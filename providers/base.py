@@ -12,6 +12,7 @@ from __future__ import annotations
 import email.utils
 import json
 import logging
+import os
 import re
 import time
 from abc import ABC, abstractmethod
@@ -91,9 +92,7 @@ class Provider(ABC):
         self.max_bytes = settings.max_response_bytes
         self.base_url = self._base_url(account)
         self._auth = self.auth()
-        self.session = requests.Session()
-        self.session.mount("http://", HTTPAdapter(pool_maxsize=32))
-        self.session.mount("https://", HTTPAdapter(pool_maxsize=32))
+        self.session = _session(self.base_url)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} account={self.account_name!r} base_url={self.base_url!r}>"
@@ -316,3 +315,17 @@ def map_http_error(
     return errors.BadResponse(
         f"{provider.name} answered an unexpected {status}", status_code=status
     )
+
+
+def _session(base_url: str) -> requests.Session:
+    """A pooled session that reads proxy and CA settings from the environment once, here:
+    requests would otherwise walk the whole environment again on every request."""
+    session = requests.Session()
+    session.mount("http://", HTTPAdapter(pool_maxsize=32))
+    session.mount("https://", HTTPAdapter(pool_maxsize=32))
+    session.trust_env = False
+    session.proxies = requests.utils.get_environ_proxies(base_url)
+    bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+    if bundle:
+        session.verify = bundle
+    return session

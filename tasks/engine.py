@@ -239,25 +239,33 @@ class Engine:
         account is held back (rate limit, open breaker) the rest of the train waits with it."""
         started = clock.now()
         outcomes: dict[str, Outcome] = {}
+        healthy, failed = 0, True  # "failed" first: read the breaker before the first request
         for start in range(0, len(claims), provider.batch_size):
             if outcomes and clock.now() - started > self.settings.train_seconds:
                 break
-            chunk = claims[start : start + provider.batch_size]
-            outcomes |= self._ask(provider, account, chunk)
-            held = outcomes[chunk[0].tracking_id]
-            if isinstance(held, errors.Throttled):
-                return outcomes | dict.fromkeys(_ids(claims[start:]), held)
+            wait = self.guard.admit(account, clock.now(), breaker=failed) if self.guard else None
+            if wait is not None:
+                held = errors.Throttled(
+                    f"account {account!r} is held back (rate limit or open breaker)",
+                    retry_after=wait + self.rand() * 0.5,
+                )
+                outcomes |= dict.fromkeys(_ids(claims[start:]), held)
+                break
+            answers = self._ask(provider, account, claims[start : start + provider.batch_size])
+            outcomes |= answers
+            failed = any(
+                isinstance(o, errors.ServerError | errors.TransportError) for o in answers.values()
+            )
+            if not failed:
+                healthy += 1
+            elif self.guard and self.guard.record(account, clock.now(), failures=1):
+                log.warning("breaker open account=%s", account)
+        if healthy and self.guard:
+            self.guard.record(account, clock.now(), calls=healthy)
         return outcomes
 
     def _ask(self, provider: Provider, account: str, claims: list[Claim]) -> dict[str, Outcome]:
         """One request for these claims; always an outcome per claim, never an exception."""
-        wait = self.guard.admit(account, clock.now()) if self.guard else None
-        if wait is not None:
-            held = errors.Throttled(
-                f"account {account!r} is held back (rate limit or open breaker)",
-                retry_after=wait + self.rand() * 0.5,
-            )
-            return dict.fromkeys(_ids(claims), held)
         ids = [c.fields["export_id"] for c in claims]
         by_id: dict[str, Outcome]
         started = clock.now()
@@ -269,12 +277,6 @@ class Engine:
             log.exception("adapter bug account=%s", account)
             by_id = dict.fromkeys(ids, errors.BadResponse(f"adapter raised {type(exc).__name__}"))
         self.request_seconds.observe(account, clock.now() - started)
-        if self.guard:
-            failed = any(
-                isinstance(o, errors.ServerError | errors.TransportError) for o in by_id.values()
-            )
-            if self.guard.record(account, failed, clock.now()):
-                log.warning("breaker open account=%s", account)
         missing = errors.BadResponse(f"{provider.name} said nothing about this export")
         return {c.tracking_id: by_id.get(c.fields["export_id"], missing) for c in claims}
 

@@ -39,11 +39,16 @@ class AccountGuard:
             self._limiter = MovingWindowRateLimiter(storage)
         return self._limiter
 
-    def admit(self, account: str, now: float) -> float | None:
-        """None to go ahead (one request of budget is spent), or how many seconds to wait."""
-        open_until = self.r.get(f"{self.prefix}:{account}:open")
-        if open_until is not None and float(cast(Any, open_until)) > now:
-            return float(cast(Any, open_until)) - now
+    def admit(self, account: str, now: float, *, breaker: bool = True) -> float | None:
+        """None to go ahead (one request of budget is spent), or how many seconds to wait.
+
+        `breaker=False` skips reading the breaker: a train reads it before its first request
+        and after a failure, not before every request of a healthy run.
+        """
+        if breaker:
+            open_until = self.r.get(f"{self.prefix}:{account}:open")
+            if open_until is not None and float(cast(Any, open_until)) > now:
+                return float(cast(Any, open_until)) - now
         item = (
             _limit(self.settings.accounts[account].rate_limit)
             if account in self.settings.accounts
@@ -54,21 +59,22 @@ class AccountGuard:
         reset = self.limiter.get_window_stats(item, account).reset_time
         return max(0.05, reset - time.time())
 
-    def record(self, account: str, failed: bool, now: float) -> bool:
-        """Count one answer; returns True when this answer tripped the breaker."""
+    def record(self, account: str, now: float, *, calls: int = 1, failures: int = 0) -> bool:
+        """Count answers (`failures` of `calls` were 5xx or timeouts); True when they tripped
+        the breaker. A train counts its healthy answers in one call, failures as they come."""
         s = self.settings
         window = int(now // s.breaker_window)
         base = f"{self.prefix}:{account}"
         ttl = int(2 * s.breaker_window) + 1
         with self.r.pipeline(transaction=False) as pipe:
-            pipe.incr(f"{base}:t:{window}")
+            pipe.incrby(f"{base}:t:{window}", calls)
             pipe.expire(f"{base}:t:{window}", ttl)
-            pipe.incrby(f"{base}:f:{window}", int(failed))
+            pipe.incrby(f"{base}:f:{window}", failures)
             pipe.expire(f"{base}:f:{window}", ttl)
             pipe.exists(f"{base}:trips")
-            total, _, failures, _, tripped_before = pipe.execute()
+            total, _, failed, _, tripped_before = pipe.execute()
         if not policy.breaker_trips(
-            total, failures, min_calls=s.breaker_min_calls, ratio=s.breaker_ratio
+            total, failed, min_calls=s.breaker_min_calls, ratio=s.breaker_ratio
         ):
             if tripped_before and total >= s.breaker_min_calls:
                 self.r.delete(f"{base}:trips")  # a healthy window: the next trip starts short

@@ -117,11 +117,11 @@ def test_breaker_closes_when_the_provider_recovers(
     settings = make_settings(breaker_min_calls=2, breaker_ratio=0.5, breaker_cooldown=10)
     guard = AccountGuard(settings, redis_client)
     now = fake_clock()
-    assert not guard.record("scripted", True, now)
-    assert guard.record("scripted", True, now)
+    assert not guard.record("scripted", now, failures=1)
+    assert guard.record("scripted", now, failures=1)
     assert guard.admit("scripted", now) == pytest.approx(10)
     assert guard.admit("scripted", now + 10.5) is None  # cooled down: polls flow again
-    assert not guard.record("scripted", False, now + 11)
+    assert not guard.record("scripted", now + 11)
     assert guard.state("scripted", now + 11) == "closed"
 
 

@@ -37,6 +37,21 @@ def test_documented_answer_parses(http: responses.RequestsMock, name: str) -> No
     assert http.calls[0].request.headers[AUTH_HEADERS[name]]
 
 
+def test_proxy_and_ca_bundle_from_the_environment_still_apply(
+    http: responses.RequestsMock, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for var in ("NO_PROXY", "no_proxy", "http_proxy", "https_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/corporate.pem")
+    _add(http, name, json=ok_body(name))
+    make(name).fetch(SAMPLE_IDS[name])
+    sent = http.calls[0].request.req_kwargs
+    assert set(sent["proxies"].values()) == {"http://proxy.internal:3128"}
+    assert sent["verify"] == "/etc/ssl/certs/corporate.pem"
+
+
 @pytest.mark.parametrize("status", [500, 502, 503, 504])
 def test_5xx_is_server_error(http: responses.RequestsMock, name: str, status: int) -> None:
     _add(http, name, status=status, body="upstream trouble")
