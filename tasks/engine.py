@@ -10,9 +10,9 @@ import logging
 import random
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from config.settings import Settings
 from providers import errors
@@ -33,6 +33,7 @@ from tasks.store import Claim, Store, Write
 log = logging.getLogger("export_poller.poll")
 
 Outcome = ExportStatus | errors.ProviderError
+T = TypeVar("T")
 _SWEEP_ROUNDS = 10  # batches per sweep: bounded, so one sweep never runs long
 _TRAIN_SPREAD = 1.0  # seconds between the first and last planned poll of one message
 SendPoll = Callable[[Sequence[tuple[str, str]], float], None]  # (tid, token) pairs, countdown
@@ -152,7 +153,6 @@ class Engine:
                 out[name] = self.store.put_signature(compact_signature(fields[name]), ttl)
         if not out.get("metadata"):
             out.pop("metadata", None)
-        self.providers.get(str(fields["account"]))  # an unknown account fails here, not later
         return out
 
     def cancel(self, tid: str) -> bool:
@@ -219,9 +219,8 @@ class Engine:
         if unasked:  # out of time: fan the rest out, in trains sized by what was measured
             self.store.release(unasked, rescue_at=clock.now() + self.settings.rescue_grace)
             pairs = [(c.tracking_id, c.fields["token"]) for c in unasked]
-            size = self._train_size(account, provider)
-            for start in range(0, len(pairs), size):
-                self.send_poll(pairs[start : start + size], 0.0)
+            for train in _chunks(pairs, self._train_size(account, provider)):
+                self.send_poll(train, 0.0)
         return states
 
     def _train_size(self, account: str, provider: Provider) -> int:
@@ -239,29 +238,33 @@ class Engine:
         account is held back (rate limit, open breaker) the rest of the train waits with it."""
         started = clock.now()
         outcomes: dict[str, Outcome] = {}
-        healthy, failed = 0, True  # "failed" first: read the breaker before the first request
-        for start in range(0, len(claims), provider.batch_size):
+        uncounted, read_breaker = 0, True  # the breaker is read before the first request
+        for chunk in _chunks(claims, provider.batch_size):
             if outcomes and clock.now() - started > self.settings.train_seconds:
                 break
-            wait = self.guard.admit(account, clock.now(), breaker=failed) if self.guard else None
+            wait = (
+                self.guard.admit(account, clock.now(), breaker=read_breaker) if self.guard else None
+            )
             if wait is not None:
                 held = errors.Throttled(
                     f"account {account!r} is held back (rate limit or open breaker)",
                     retry_after=wait + self.rand() * 0.5,
                 )
-                outcomes |= dict.fromkeys(_ids(claims[start:]), held)
+                rest = [c.tracking_id for c in claims if c.tracking_id not in outcomes]
+                outcomes |= dict.fromkeys(rest, held)
                 break
-            answers = self._ask(provider, account, claims[start : start + provider.batch_size])
+            answers = self._ask(provider, account, chunk)
             outcomes |= answers
-            failed = any(
+            uncounted += 1
+            read_breaker = any(
                 isinstance(o, errors.ServerError | errors.TransportError) for o in answers.values()
             )
-            if not failed:
-                healthy += 1
-            elif self.guard and self.guard.record(account, clock.now(), failures=1):
-                log.warning("breaker open account=%s", account)
-        if healthy and self.guard:
-            self.guard.record(account, clock.now(), calls=healthy)
+            if read_breaker and self.guard:  # count a failure at once, with the answers before it
+                if self.guard.record(account, clock.now(), calls=uncounted, failures=1):
+                    log.warning("breaker open account=%s", account)
+                uncounted = 0
+        if uncounted and self.guard:
+            self.guard.record(account, clock.now(), calls=uncounted)
         return outcomes
 
     def _ask(self, provider: Provider, account: str, claims: list[Claim]) -> dict[str, Outcome]:
@@ -389,8 +392,8 @@ class Engine:
             for tid, token, account in send:
                 by_account.setdefault(account, []).append((tid, token))
             for pairs in by_account.values():
-                for start in range(0, len(pairs), s.train_max):
-                    self.send_poll(pairs[start : start + s.train_max], 0.0)
+                for train in _chunks(pairs, s.train_max):
+                    self.send_poll(train, 0.0)
             report.enqueued += len(send)
             if len(send) + len(expired) < s.sweep_batch:
                 break
@@ -428,6 +431,11 @@ def _fields_for(decision: policy.Decision, ctx: policy.PollContext, now: float) 
     if decision.terminal:
         fields["finished_at"] = now
     return fields
+
+
+def _chunks(items: list[T], size: int) -> Iterator[list[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def _ids(claims: list[Claim]) -> list[str]:

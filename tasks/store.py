@@ -37,7 +37,9 @@ Arg = str | int | float
 ACTIVE = ("pending", "running")
 _SIG_SLACK = 3600.0
 DIGEST_CHARS = 20
-_EARLY = 2.0  # seconds a poll may run before its planned time (a train's spread)
+# Seconds a poll may run before its planned time: covers clock skew between workers and the
+# engine's train spread (follow-ups up to 1 s apart leave in one message at the earliest time).
+_EARLY = 2.0
 
 _TRACK = """
 local existing = redis.call('HGET', KEYS[1], ARGV[2])
@@ -351,12 +353,9 @@ class Store:
             args: list[Arg] = [claims[0].claim_id, rescue_at, f"{self.prefix}:"]
             self._release(keys=[self.sched], args=args + [c.tracking_id for c in claims])
 
-    def commit(self, write: Write) -> bool:
-        """Write a poll's result if its claim still holds; terminal writes also fill the outbox."""
-        return self.commit_many([write])[0]
-
     def commit_many(self, writes: Sequence[Write]) -> list[bool]:
-        """`commit` for a whole train of polls, in one round trip; each succeeds on its own."""
+        """Write each poll's result if its claim still holds (terminal writes also fill the
+        outbox): a whole train in one round trip, each write succeeding on its own."""
         with self.r.pipeline(transaction=False) as pipe:
             for w in writes:
                 tid = w.claim.tracking_id
@@ -426,7 +425,7 @@ class Store:
         reply = self._claim_outbox(keys=[self.outbox, self.key(tid)], args=[tid, now, retry_at])
         if not reply:
             return None
-        return _hash([_text(x) for x in reply])
+        return _fields(reply)
 
     def ack_outbox(
         self, tid: str, *, now: float, ttl: float, provider: str = "", lag: float | None = None

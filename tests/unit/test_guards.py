@@ -8,6 +8,7 @@ import pytest
 from config.settings import AccountSettings, Settings
 from providers import errors
 from providers.models import ExportStatus
+from tasks import clock
 from tasks.engine import Engine
 from tasks.guards import AccountGuard
 from tasks.store import Store
@@ -45,13 +46,28 @@ def track(engine: Engine, export_id: str) -> str:
     return engine.track(fields, 3600)
 
 
+@pytest.fixture
+def limited(
+    redis_client: fakeredis.FakeRedis, provider: ScriptedProvider, broker: Broker
+) -> Engine:
+    """An engine whose one account may make three requests a minute."""
+    return make_engine(make_settings(limit="3/minute"), redis_client, provider, broker)
+
+
+def one_train(engine: Engine, broker: Broker) -> None:
+    """Deliver every pending poll as a single message, as a train."""
+    pairs = [(tid, token) for tid, token, _ in broker.take_polls()]
+    engine.poll(*pairs[0], pairs[1:])
+
+
 def test_rate_limit_holds_polls_back_without_sending_them(
     redis_client: fakeredis.FakeRedis,
+    limited: Engine,
     provider: ScriptedProvider,
     broker: Broker,
     fake_clock: Clock,
 ) -> None:
-    engine = make_engine(make_settings(limit="3/minute"), redis_client, provider, broker)
+    engine = limited
     for i in range(5):
         track(engine, f"e{i}")
     for tid, token, _ in broker.take_polls():
@@ -71,15 +87,11 @@ def test_rate_limit_holds_polls_back_without_sending_them(
 
 
 def test_a_held_back_train_waits_together_and_comes_back_as_one_message(
-    redis_client: fakeredis.FakeRedis,
-    provider: ScriptedProvider,
-    broker: Broker,
-    fake_clock: Clock,
+    limited: Engine, provider: ScriptedProvider, broker: Broker, fake_clock: Clock
 ) -> None:
-    engine = make_engine(make_settings(limit="3/minute"), redis_client, provider, broker)
+    engine = limited
     tids = [track(engine, f"e{i}") for i in range(20)]
-    pairs = [(tid, token) for tid, token, _ in broker.take_polls()]
-    engine.poll(*pairs[0], pairs[1:])  # one train of twenty
+    one_train(engine, broker)
     assert len(provider.calls) == 3
     records = [engine.get(tid) or {} for tid in tids]
     held = [r for r in records if r["attempts"] == 0]
@@ -90,6 +102,31 @@ def test_a_held_back_train_waits_together_and_comes_back_as_one_message(
     engine.sweep()  # (the three polled ones are overdue too: their messages were dropped)
     [(sent, _)] = broker.messages
     assert {r["tracking_id"] for r in held} <= {tid for tid, _ in sent}
+
+
+def test_a_train_counts_the_good_answers_before_a_failure_toward_the_breaker(
+    redis_client: fakeredis.FakeRedis, provider: ScriptedProvider, broker: Broker
+) -> None:
+    settings = make_settings(breaker_min_calls=2, breaker_ratio=0.5)
+    engine = make_engine(settings, redis_client, provider, broker)
+    for i in range(10):
+        provider.script(f"e{i}", errors.ServerError("503") if i >= 8 else "running")
+        track(engine, f"e{i}")
+    one_train(engine, broker)  # 8 good answers, then 2 failures: 20%, not a failing provider
+    assert len(provider.calls) == 10
+    assert engine.guard and engine.guard.state("scripted", clock.now()) == "closed"
+
+
+def test_answers_before_a_rate_limit_hold_still_count_toward_the_breaker(
+    redis_client: fakeredis.FakeRedis, provider: ScriptedProvider, broker: Broker, fake_clock: Clock
+) -> None:
+    settings = make_settings(limit="3/minute", breaker_min_calls=2, breaker_ratio=0.5)
+    engine = make_engine(settings, redis_client, provider, broker)
+    for i in range(10):
+        track(engine, f"e{i}")
+    one_train(engine, broker)  # three good answers, then held back
+    assert engine.guard
+    assert not engine.guard.record("scripted", fake_clock(), calls=2, failures=2)  # 2 of 5
 
 
 def test_breaker_opens_on_mostly_5xx_and_holds_every_export_of_the_account(
