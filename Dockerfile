@@ -6,4 +6,4 @@ COPY providers providers
 COPY config config
 RUN pip install --no-cache-dir . && useradd --create-home poller
 USER poller
-CMD ["celery", "-A", "tasks", "worker", "--loglevel", "INFO", "--pool", "threads", "--concurrency", "16"]
+CMD ["celery", "-A", "export_poller", "worker", "--loglevel", "INFO", "--pool", "threads", "--concurrency", "16"]

@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/backoff_sim.py [--jobs 2000] [--seed 7] [--json]
 
-Replays jobs whose durations spread log-uniformly from 30 s to 2 h through `tasks.policy.decide`
+Replays jobs whose durations spread log-uniformly from 30 s to 2 h through
+`export_poller.policy.decide`
 (the function the workers call), with no Redis, HTTP or clock: each job is polled when it is
 tracked (its start), then whenever the policy says; the lag is the first poll at or after the
 provider finished minus that finish. Reports requests per export and the 50th/95th-percentile
@@ -26,8 +27,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from providers.models import ExportStatus, Progress
-from tasks import policy
+from export_poller import policy
+from export_poller.providers.models import ExportStatus, Progress
 
 FOREVER = 10**9
 Waiter = Callable[[int, float, ExportStatus], float]

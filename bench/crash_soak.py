@@ -31,10 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import redis
 
-from providers.simulator.client import SimulatorClient
-from providers.simulator.server import start_in_thread
-from tasks.demo import fast_env
-from tasks.processes import Child, exit_on_sigterm, start_beat, start_redis, start_worker
+from export_poller.demo import fast_env
+from export_poller.processes import Child, exit_on_sigterm, start_beat, start_redis, start_worker
+from export_poller.providers.simulator.client import SimulatorClient
+from export_poller.providers.simulator.server import start_in_thread
 
 PROVIDERS = ("chaossearch", "saymon", "biodatacatalyst", "cometly", "cgc")
 PREFIX = "soak"
@@ -90,7 +90,7 @@ def plan(count: int, rng: random.Random) -> list[dict[str, Any]]:
 def track_all(sim_url: str, jobs: list[dict[str, Any]]) -> dict[str, str]:
     from celery import signature
 
-    from tasks.api import track_export
+    from export_poller.api import track_export
 
     ids = SimulatorClient(sim_url).create_jobs(jobs)
     sig = signature("exports.record_callback", args=("soak",))
@@ -162,7 +162,7 @@ def run(count: int, faults: bool, seed: int) -> dict[str, Any]:
             "POLLER_VISIBILITY_TIMEOUT": "30",
         }
         os.environ.update(env)
-        from tasks.runtime import reconfigure
+        from export_poller.runtime import reconfigure
 
         reconfigure()
         fleet = Fleet(workdir, {**os.environ})

@@ -33,9 +33,8 @@ sys.path.insert(0, str(ROOT))
 import redis  # noqa: E402
 import requests  # noqa: E402
 
-from providers.simulator.client import SimulatorClient  # noqa: E402
-from tasks.demo import fast_env  # noqa: E402
-from tasks.processes import (  # noqa: E402
+from export_poller.demo import fast_env  # noqa: E402
+from export_poller.processes import (  # noqa: E402
     Child,
     exit_on_sigterm,
     free_port,
@@ -45,6 +44,7 @@ from tasks.processes import (  # noqa: E402
     start_worker,
     wait_until,
 )
+from export_poller.providers.simulator.client import SimulatorClient  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -57,7 +57,14 @@ def stack(sim_args: list[str], prefix: str) -> Iterator[tuple[dict[str, str], Pa
         port = free_port()
         sim = spawn(
             "simulator",
-            [sys.executable, "-m", "providers.simulator", "--port", str(port), *sim_args],
+            [
+                sys.executable,
+                "-m",
+                "export_poller.providers.simulator",
+                "--port",
+                str(port),
+                *sim_args,
+            ],
             os.environ,
             workdir,
         )
@@ -79,7 +86,7 @@ def _up(url: str) -> bool:
 
 def use_env(env: dict[str, str]) -> None:
     os.environ.update({k: v for k, v in env.items() if k.startswith("POLLER_")})
-    from tasks.runtime import reconfigure
+    from export_poller.runtime import reconfigure
 
     reconfigure()
 
@@ -93,7 +100,7 @@ def track_jobs(
 ) -> list[str]:
     from celery import signature
 
-    from tasks.api import track_export
+    from export_poller.api import track_export
 
     use_env(env)
     ids = sim_of(env).create_jobs([{"provider": provider, **spec} for spec in specs])

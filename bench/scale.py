@@ -34,10 +34,9 @@ sys.path.insert(0, str(ROOT))
 
 import redis  # noqa: E402
 
-from config.settings import AccountSettings, Settings  # noqa: E402
-from providers.models import ExportStatus, Progress  # noqa: E402
-from tasks.engine import Engine  # noqa: E402
-from tasks.processes import (  # noqa: E402  # noqa: E402
+from export_poller.config.settings import AccountSettings, Settings  # noqa: E402
+from export_poller.engine import Engine  # noqa: E402
+from export_poller.processes import (  # noqa: E402  # noqa: E402
     Child,
     exit_on_sigterm,
     start_beat,
@@ -45,7 +44,8 @@ from tasks.processes import (  # noqa: E402  # noqa: E402
     start_worker,
     wait_until,
 )
-from tasks.store import Store  # noqa: E402
+from export_poller.providers.models import ExportStatus, Progress  # noqa: E402
+from export_poller.store import Store  # noqa: E402
 
 PROVIDERS = ("chaossearch", "saymon", "biodatacatalyst", "cometly", "cgc")
 SIG = {"task": "myapp.export_ready", "options": {"queue": "myapp"}}
@@ -207,9 +207,9 @@ def children(pid: int) -> list[int]:
 
 
 def worker_rss(tracked: int, seconds: float) -> dict[str, Any]:
-    from providers.simulator.client import SimulatorClient
-    from providers.simulator.server import start_in_thread
-    from tasks.demo import simulator_accounts_env
+    from export_poller.demo import simulator_accounts_env
+    from export_poller.providers.simulator.client import SimulatorClient
+    from export_poller.providers.simulator.server import start_in_thread
 
     workdir = Path(tempfile.mkdtemp(prefix="export-poller-rss-"))
     with contextlib.ExitStack() as stack:
@@ -249,7 +249,7 @@ def park(r: redis.Redis, url: str, sim_url: str, ids: list[str], env: dict[str, 
     with contextlib.ExitStack():
         old = {k: os.environ.get(k) for k in config}
         os.environ.update(config)
-        from tasks.runtime import get_engine, reconfigure
+        from export_poller.runtime import get_engine, reconfigure
 
         reconfigure()
         engine = get_engine()

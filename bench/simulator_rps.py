@@ -3,11 +3,12 @@
     .venv/bin/python bench/simulator_rps.py [--requests 6000] [--processes 2] [--threads 4]
         [--client requests|http.client] [--providers cometly,saymon] [--url http://...]
 
-By default the simulator runs in its own process (`python -m providers.simulator`, rate limits
-off) so that it has a GIL of its own; the load comes from `--processes` client processes of
-`--threads` threads, each thread holding one keep-alive connection (`requests.Session`, or a
-bare `http.client` connection, which costs the client far less CPU). Every provider gets the
-same bounded number of status requests over a pool of never-finishing jobs; the figure is
+By default the simulator runs in its own process (`python -m export_poller.providers.simulator`,
+rate limits off) so that it has a GIL of its own; the load comes from `--processes` client
+processes of `--threads` threads, each thread holding one keep-alive connection
+(`requests.Session`, or a bare `http.client` connection, which costs the client far less CPU).
+Every provider gets the same bounded number of status requests over a pool of never-finishing
+jobs; the figure is
 requests / (last answer - first request) over all clients.
 
 ChaosSearch requests are signed once per job (AWS4Auth) and replayed, which SigV4 allows within
@@ -36,8 +37,8 @@ from requests_aws4auth import AWS4Auth  # type: ignore[import-untyped]
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from providers.simulator.client import SimulatorClient  # noqa: E402
-from providers.simulator.options import PROVIDERS  # noqa: E402
+from export_poller.providers.simulator.client import SimulatorClient  # noqa: E402
+from export_poller.providers.simulator.options import PROVIDERS  # noqa: E402
 
 TOKEN = "sim-token"
 BASIC = "Basic c2ltOnNpbS1wYXNzd29yZA=="  # sim:sim-password
@@ -164,7 +165,7 @@ def simulator(url: str | None, threads: int) -> Iterator[str]:
     command = [
         sys.executable,
         "-m",
-        "providers.simulator",
+        "export_poller.providers.simulator",
         "--port",
         "0",
         "--threads",

@@ -1,6 +1,6 @@
 """Settings for export-poller: one object, environment first, then an optional `.env` file."""
 
-from config.settings import (
+from export_poller.config.settings import (
     AccountSettings,
     InvalidSettings,
     Settings,

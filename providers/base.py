@@ -4,7 +4,7 @@ A provider subclass is a template: it says how to ask (`status_request`, `auth`)
 the answer (`parse`, optionally `describe_error`). This module does the rest the same way for all
 of them: a pooled session per account, connect/read timeouts, a cap on the body size, same-host
 redirects only (custom auth headers such as `X-SBG-Auth-Token` must never reach another host),
-and the mapping of HTTP failures onto `providers.errors`.
+and the mapping of HTTP failures onto `export_poller.providers.errors`.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from pydantic import BaseModel, ValidationError
 from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase
 
-from config.settings import AccountSettings, Settings
-from providers import errors
-from providers.models import ExportStatus
+from export_poller.config.settings import AccountSettings, Settings
+from export_poller.providers import errors
+from export_poller.providers.models import ExportStatus
 
 log = logging.getLogger("export_poller.http")
 

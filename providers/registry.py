@@ -11,17 +11,17 @@ import importlib
 from functools import cache
 from importlib.metadata import entry_points
 
-from providers.base import Provider
-from providers.errors import UnknownProvider
+from export_poller.providers.base import Provider
+from export_poller.providers.errors import UnknownProvider
 
 ENTRY_POINT_GROUP = "export_poller.providers"
 
 BUILTIN: dict[str, str] = {
-    "chaossearch": "providers.chaossearch:ChaosSearch",
-    "saymon": "providers.saymon:Saymon",
-    "biodatacatalyst": "providers.sevenbridges:BioDataCatalyst",
-    "cgc": "providers.sevenbridges:CGC",
-    "cometly": "providers.cometly:Cometly",
+    "chaossearch": "export_poller.providers.chaossearch:ChaosSearch",
+    "saymon": "export_poller.providers.saymon:Saymon",
+    "biodatacatalyst": "export_poller.providers.sevenbridges:BioDataCatalyst",
+    "cgc": "export_poller.providers.sevenbridges:CGC",
+    "cometly": "export_poller.providers.cometly:Cometly",
 }
 
 _extra: dict[str, str | type[Provider]] = {}

@@ -13,8 +13,14 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 from requests.auth import AuthBase, HTTPBasicAuth
 
-from providers.base import Outcome, Provider, StatusRequest, path_segment, validate_answer
-from providers.models import ExportStatus
+from export_poller.providers.base import (
+    Outcome,
+    Provider,
+    StatusRequest,
+    path_segment,
+    validate_answer,
+)
+from export_poller.providers.models import ExportStatus
 
 
 class _Answer(BaseModel):

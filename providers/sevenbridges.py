@@ -15,9 +15,15 @@ from pydantic import BaseModel, ConfigDict
 from requests import PreparedRequest
 from requests.auth import AuthBase
 
-from providers import errors
-from providers.base import Outcome, Provider, StatusRequest, path_segment, validate_answer
-from providers.models import ExportStatus, ProviderState, StatusError
+from export_poller.providers import errors
+from export_poller.providers.base import (
+    Outcome,
+    Provider,
+    StatusRequest,
+    path_segment,
+    validate_answer,
+)
+from export_poller.providers.models import ExportStatus, ProviderState, StatusError
 
 _STATES: dict[str, ProviderState] = {
     "PENDING": "pending",

@@ -12,10 +12,10 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from config.settings import AccountSettings, get_settings
-from providers import errors
-from providers.registry import get_provider_class
-from tasks.runtime import get_engine
+from export_poller.config.settings import AccountSettings, get_settings
+from export_poller.providers import errors
+from export_poller.providers.registry import get_provider_class
+from export_poller.runtime import get_engine
 
 MAX_METADATA_BYTES = 16 * 1024
 MAX_TIMEOUT = 30 * 24 * 3600.0

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from celery import Celery
 
-from config.settings import get_settings
+from export_poller.config.settings import get_settings
 
 settings = get_settings()
 
-app = Celery("export_poller", broker=settings.broker, include=["tasks.jobs"])
+app = Celery("export_poller", broker=settings.broker, include=["export_poller.jobs"])
 app.conf.update(
     task_serializer="json",
     result_serializer="json",

@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 import click
 import redis
 
-from config.settings import InvalidSettings
-from providers.errors import ConfigurationError
+from export_poller.config.settings import InvalidSettings
+from export_poller.providers.errors import ConfigurationError
 
 F = TypeVar("F", bound=Callable[..., Any])
 STATES = ("pending", "running", "completed", "failed", "timed_out", "cancelled")
@@ -78,7 +78,7 @@ def track(
     """Start tracking PROVIDER's export EXPORT_ID; prints the tracking id."""
     from celery import signature
 
-    from tasks.api import track_export
+    from export_poller.api import track_export
 
     try:
         meta = json.loads(metadata) if metadata else None
@@ -102,7 +102,7 @@ def track(
 @user_errors
 def status(tracking_id: str, as_json: bool) -> None:
     """Show one tracked export."""
-    from tasks.api import get_export
+    from export_poller.api import get_export
 
     record = get_export(tracking_id)
     if record is None:
@@ -111,7 +111,7 @@ def status(tracking_id: str, as_json: bool) -> None:
 
 
 def _records(state: str | None, provider: str | None, account: str | None) -> list[dict[str, Any]]:
-    from tasks.runtime import get_engine
+    from export_poller.runtime import get_engine
 
     engine = get_engine()
     found = (engine.get(tid) for tid in engine.store.iter_ids())
@@ -136,7 +136,7 @@ def _records(state: str | None, provider: str | None, account: str | None) -> li
 @user_errors
 def list_(state: str | None, provider: str | None, account: str | None, as_json: bool) -> None:
     """List tracked exports (finished ones are kept for POLLER_RECORD_TTL)."""
-    from tasks.table import render
+    from export_poller.table import render
 
     records = _records(state, provider, account)
     _emit(records, as_json, lambda: render(records))
@@ -147,7 +147,7 @@ def list_(state: str | None, provider: str | None, account: str | None, as_json:
 @user_errors
 def cancel(tracking_id: str) -> None:
     """Stop tracking an export; no callback fires."""
-    from tasks.api import cancel_export, get_export
+    from export_poller.api import cancel_export, get_export
 
     if get_export(tracking_id) is None:
         raise ConfigurationError(f"unknown tracking id {tracking_id!r}")
@@ -165,7 +165,7 @@ def watch(
     state: str | None, provider: str | None, account: str | None, interval: float, once: bool
 ) -> None:
     """A live table of tracked exports, with progress bars where providers report progress."""
-    from tasks.table import render
+    from export_poller.table import render
 
     while True:
         table = render(_records(state, provider, account))
@@ -179,7 +179,7 @@ def watch(
 @click.pass_context
 def simulate(ctx: click.Context) -> None:
     """Run the provider simulator (see `export-poller simulate --help-sim`)."""
-    from providers.simulator.server import main as simulator_main
+    from export_poller.providers.simulator.server import main as simulator_main
 
     sys.exit(simulator_main(list(ctx.args)))
 
@@ -190,8 +190,8 @@ def simulate(ctx: click.Context) -> None:
 @user_errors
 def metrics(host: str, port: int) -> None:
     """Serve Prometheus metrics (tracked exports, polls, callback lag, waits, breakers)."""
-    from tasks.metrics import serve
-    from tasks.runtime import get_engine
+    from export_poller.metrics import serve
+    from export_poller.runtime import get_engine
 
     engine = get_engine()
     engine.store.counts()  # fail now, in one line, if Redis is unreachable
@@ -203,7 +203,7 @@ def metrics(host: str, port: int) -> None:
 @click.option("--exports", type=int, default=25, show_default=True, help="How many to track.")
 def demo(exports: int) -> None:
     """Simulator + Redis + worker + beat; track exports at all five providers to the end."""
-    from tasks.demo import run_demo
+    from export_poller.demo import run_demo
 
     sys.exit(run_demo(exports))
 

@@ -1,4 +1,4 @@
-"""The one clock the engine reads; tests patch `tasks.clock.now` and nothing else."""
+"""The one clock the engine reads; tests patch `export_poller.clock.now` and nothing else."""
 
 import time
 

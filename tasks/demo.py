@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tasks.processes import (
+from export_poller.processes import (
     Child,
     exit_on_sigterm,
     redis_ping,
@@ -152,7 +152,7 @@ def _choose_redis(workdir: Path, stack: contextlib.ExitStack) -> str:
 
 
 def _start_services(stack: contextlib.ExitStack, workdir: Path) -> tuple[str, list[Child]]:
-    from providers.simulator.server import start_in_thread
+    from export_poller.providers.simulator.server import start_in_thread
 
     sim = start_in_thread(port=0)
     stack.callback(sim.stop)
@@ -167,7 +167,7 @@ def _start_services(stack: contextlib.ExitStack, workdir: Path) -> tuple[str, li
 
 
 def _redacted(url: str) -> str:
-    from config.settings import redact_url
+    from export_poller.config.settings import redact_url
 
     return redact_url(url)
 
@@ -175,8 +175,8 @@ def _redacted(url: str) -> str:
 def _track_all(sim_url: str, count: int) -> list[Tracked]:
     from celery import signature
 
-    from providers.simulator.client import SimulatorClient
-    from tasks.api import track_export
+    from export_poller.api import track_export
+    from export_poller.providers.simulator.client import SimulatorClient
 
     client = SimulatorClient(sim_url)
     tracked = []
@@ -200,7 +200,7 @@ def _track_all(sim_url: str, count: int) -> list[Tracked]:
 
 
 def _drain_callbacks(tracked: dict[str, Tracked]) -> None:
-    from tasks.runtime import redis_client
+    from export_poller.runtime import redis_client
 
     key = f"{os.environ['POLLER_KEY_PREFIX']}:callbacks"
     while (raw := redis_client().lpop(key)) is not None:
@@ -218,7 +218,7 @@ def _drain_callbacks(tracked: dict[str, Tracked]) -> None:
 
 
 def _snapshot(tracked: list[Tracked]) -> list[dict[str, Any]]:
-    from tasks.api import get_export
+    from export_poller.api import get_export
 
     return [r for t in tracked if (r := get_export(t.tracking_id)) is not None]
 
@@ -230,8 +230,8 @@ def _finished(tracked: list[Tracked], records: list[dict[str, Any]]) -> bool:
 
 
 def _watch(tracked: list[Tracked], children: list[Child]) -> None:
-    from tasks.api import cancel_export
-    from tasks.table import render
+    from export_poller.api import cancel_export
+    from export_poller.table import render
 
     by_id = {t.tracking_id: t for t in tracked}
     started = shown = time.monotonic()
@@ -280,7 +280,7 @@ def run_demo(count: int = len(CASES)) -> int:
     with contextlib.ExitStack() as stack:
         try:
             sim_url, children = _start_services(stack, workdir)
-            from tasks.runtime import reconfigure
+            from export_poller.runtime import reconfigure
 
             reconfigure()
             wait_until(lambda: "ready" in children[0].output(), 60, "the worker to start")

@@ -14,21 +14,21 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from config.settings import Settings
-from providers import errors
-from providers.base import Provider
-from providers.models import ExportStatus
-from providers.registry import get_provider_class
-from tasks import clock, policy
-from tasks.guards import AccountGuard
-from tasks.records import (
+from export_poller import clock, policy
+from export_poller.config.settings import Settings
+from export_poller.guards import AccountGuard
+from export_poller.providers import errors
+from export_poller.providers.base import Provider
+from export_poller.providers.models import ExportStatus
+from export_poller.providers.registry import get_provider_class
+from export_poller.records import (
     compact_signature,
     error_fields,
     full_signature,
     public_view,
     status_fields,
 )
-from tasks.store import Claim, Store, Write
+from export_poller.store import Claim, Store, Write
 
 log = logging.getLogger("export_poller.poll")
 

@@ -17,8 +17,8 @@ import redis
 from limits.storage import RedisStorage
 from limits.strategies import MovingWindowRateLimiter
 
-from config.settings import Settings
-from tasks import policy
+from export_poller import policy
+from export_poller.config.settings import Settings
 
 
 class AccountGuard:

@@ -8,8 +8,8 @@ from typing import Any
 
 from celery import Task
 
-from tasks.celery import app, settings
-from tasks.runtime import get_engine, redis_client
+from export_poller.celery import app, settings
+from export_poller.runtime import get_engine, redis_client
 
 log = logging.getLogger("export_poller.tasks")
 
@@ -53,7 +53,7 @@ def track(
     timeout: float | None = None,
 ) -> str:
     """`track_export` by task name, for services that do not import this package."""
-    from tasks.api import track_export
+    from export_poller.api import track_export
 
     return track_export(
         provider,

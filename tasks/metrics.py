@@ -19,7 +19,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from tasks.engine import Engine
+from export_poller.engine import Engine
 
 _WAITS = ("rate_limited", "throttled")
 

@@ -11,8 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from providers import errors
-from providers.models import ExportStatus
+from export_poller.providers import errors
+from export_poller.providers.models import ExportStatus
 
 ACTIVE_STATES: frozenset[str] = frozenset({"pending", "running"})
 TERMINAL_STATES: frozenset[str] = frozenset({"completed", "failed", "timed_out", "cancelled"})

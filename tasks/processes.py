@@ -136,7 +136,7 @@ def start_redis(
 
 
 def celery_argv(*args: str) -> list[str]:
-    return [sys.executable, "-m", "celery", "-A", "tasks", *args]
+    return [sys.executable, "-m", "celery", "-A", "export_poller", *args]
 
 
 def start_worker(

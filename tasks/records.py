@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from providers.models import ExportStatus
+from export_poller.providers.models import ExportStatus
 
 SHORT = 64
 _FLOATS = ("created_at", "updated_at", "deadline", "next_poll_at", "finished_at", "callback_at")

@@ -9,11 +9,11 @@ from typing import Any
 import redis
 from celery import signature
 
-from config.settings import get_settings
-from tasks.celery import app
-from tasks.engine import Engine
-from tasks.guards import AccountGuard
-from tasks.store import Store
+from export_poller.celery import app
+from export_poller.config.settings import get_settings
+from export_poller.engine import Engine
+from export_poller.guards import AccountGuard
+from export_poller.store import Store
 
 # Below this a countdown costs more (the worker's ETA timer) than the wait it buys.
 _MIN_COUNTDOWN = 0.05
@@ -45,7 +45,7 @@ def get_engine() -> Engine:
 
 def reconfigure() -> None:
     """Re-read settings after the environment changed (the demo and the integration tests)."""
-    from config.settings import reset_settings
+    from export_poller.config.settings import reset_settings
 
     reset_settings()
     get_engine.cache_clear()

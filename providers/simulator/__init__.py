@@ -8,12 +8,13 @@ Tests, the demo and benchmarks point provider accounts at it (one base URL serve
     cgc              POST /v2/bulk/storage/exports/get       X-SBG-Auth-Token, up to 100 ids
     cometly          GET  /public-api/v1/events/exports/{id} Bearer key, 30 requests/min
 
-Jobs are created through the control API (`/_sim/...`, see `providers.simulator.control`) or a
+Jobs are created through the control API (`/_sim/...`, see
+`export_poller.providers.simulator.control`) or a
 `--script` file, advance by polls or by time, and can be made to fail in every way the poller
 must survive (429, 5xx, garbage, slow, reset connections, 307s). `GET /_sim/stats` shows what
 the poller did from the provider's side, including the busiest rate-limit window.
 
-    from providers.simulator import start_in_thread
+    from export_poller.providers.simulator import start_in_thread
 
     with start_in_thread(port=0) as sim:
         job_id = sim.client().create_job("cometly", pending_polls=1, running_polls=2)
@@ -23,10 +24,10 @@ The package depends on waitress only (SigV4 is verified with hashlib/hmac); `cli
 requests.
 """
 
-from providers.simulator.app import SimulatorApp
-from providers.simulator.client import SimulatorClient, SimulatorError
-from providers.simulator.options import PROVIDERS, RateLimit, SimulatorOptions
-from providers.simulator.server import RunningSimulator, serve, start_in_thread
+from export_poller.providers.simulator.app import SimulatorApp
+from export_poller.providers.simulator.client import SimulatorClient, SimulatorError
+from export_poller.providers.simulator.options import PROVIDERS, RateLimit, SimulatorOptions
+from export_poller.providers.simulator.server import RunningSimulator, serve, start_in_thread
 
 __all__ = [
     "PROVIDERS",

@@ -1,8 +1,8 @@
-"""`python -m providers.simulator --port 8900 [options]`; see `providers.simulator.cli`."""
+"""`python -m export_poller.providers.simulator --port 8900 [options]`; see `.cli`."""
 
 import sys
 
-from providers.simulator.server import main
+from export_poller.providers.simulator.server import main
 
 if __name__ == "__main__":
     sys.exit(main())

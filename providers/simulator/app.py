@@ -6,16 +6,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from providers.simulator.control import PREFIX as CONTROL_PREFIX
-from providers.simulator.control import Control
-from providers.simulator.dialects import Dialect, build_dialects
-from providers.simulator.faults import FaultPlan, parse_global
-from providers.simulator.limits import RateLimiter
-from providers.simulator.options import PROVIDERS, SimulatorOptions
-from providers.simulator.service import StatusService
-from providers.simulator.stats import Stats
-from providers.simulator.store import JobStore
-from providers.simulator.wsgi import BadRequest, Request, Response, read_request
+from export_poller.providers.simulator.control import PREFIX as CONTROL_PREFIX
+from export_poller.providers.simulator.control import Control
+from export_poller.providers.simulator.dialects import Dialect, build_dialects
+from export_poller.providers.simulator.faults import FaultPlan, parse_global
+from export_poller.providers.simulator.limits import RateLimiter
+from export_poller.providers.simulator.options import PROVIDERS, SimulatorOptions
+from export_poller.providers.simulator.service import StatusService
+from export_poller.providers.simulator.stats import Stats
+from export_poller.providers.simulator.store import JobStore
+from export_poller.providers.simulator.wsgi import BadRequest, Request, Response, read_request
 
 MAX_STATUS_BODY = 1024 * 1024
 MAX_CONTROL_BODY = 64 * 1024 * 1024

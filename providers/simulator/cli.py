@@ -1,4 +1,4 @@
-"""Command-line options of `python -m providers.simulator`, mapped onto `SimulatorOptions`.
+"""Command-line options of `python -m export_poller.providers.simulator`, as `SimulatorOptions`.
 
 Repeating `--token`, `--user` or `--aws-key` configures several tenants; giving any of them
 replaces that default credential rather than adding to it, so a run can exclude the default.
@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from providers.simulator.fields import SpecError
-from providers.simulator.options import (
+from export_poller.providers.simulator.fields import SpecError
+from export_poller.providers.simulator.options import (
     DEFAULT_ACCESS_KEY,
     DEFAULT_PASSWORD,
     DEFAULT_REGION,
@@ -26,7 +26,7 @@ from providers.simulator.options import (
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m providers.simulator",
+        prog="python -m export_poller.providers.simulator",
         description="Serve the status APIs of ChaosSearch, SAYMON, BioDataCatalyst, CGC and "
         "Cometly with simulated export jobs, faults and rate limits.",
     )

@@ -33,12 +33,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from providers.simulator.faults import FaultPlan, parse_global
-from providers.simulator.fields import SpecError
-from providers.simulator.limits import RateLimiter
-from providers.simulator.stats import Stats
-from providers.simulator.store import DuplicateJob, JobStore
-from providers.simulator.wsgi import BadRequest, Request, Response
+from export_poller.providers.simulator.faults import FaultPlan, parse_global
+from export_poller.providers.simulator.fields import SpecError
+from export_poller.providers.simulator.limits import RateLimiter
+from export_poller.providers.simulator.stats import Stats
+from export_poller.providers.simulator.store import DuplicateJob, JobStore
+from export_poller.providers.simulator.wsgi import BadRequest, Request, Response
 
 PREFIX = "/_sim/"
 _JOB_PREFIX = "/_sim/jobs/"

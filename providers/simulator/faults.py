@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from providers.simulator.fields import (
+from export_poller.providers.simulator.fields import (
     SpecError,
     as_object,
     check_keys,
@@ -21,7 +21,7 @@ from providers.simulator.fields import (
     get_int,
     get_str_list,
 )
-from providers.simulator.options import PROVIDERS
+from export_poller.providers.simulator.options import PROVIDERS
 
 FAULT_KINDS = frozenset({"429", "503", "500", "garbage", "slow", "404", "401", "reset", "redirect"})
 """`reset` drops the connection unanswered; `redirect` is ChaosSearch's 307 and nobody else's."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from providers.simulator.faults import Fault
+from export_poller.providers.simulator.faults import Fault
 
 State = Literal["pending", "running", "completed", "failed"]
 Outcome = Literal["completed", "failed"]

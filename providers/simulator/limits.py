@@ -9,7 +9,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from providers.simulator.options import RateLimit
+from export_poller.providers.simulator.options import RateLimit
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,7 @@ Entry points (all keyword options are `SimulatorOptions` fields, see `OptionFiel
     serve(host="127.0.0.1", port=8900, *, threads=8, on_ready=None, options=None, **fields)
         -> None                      # blocks until SIGINT/SIGTERM
     main(argv: list[str] | None = None) -> int
-        # the `python -m providers.simulator` CLI; prints one line ending with the URL
+        # the `python -m export_poller.providers.simulator` CLI; prints one line ending with the URL
 
 Waitress runs its event loop here rather than in `server.run()`, so that `stop()` can end it
 from another thread without touching waitress internals: it sets a flag and wakes the loop.
@@ -27,12 +27,12 @@ from typing import Any, Unpack
 from waitress import wasyncore
 from waitress.server import BaseWSGIServer, create_server
 
-from providers.simulator.app import SimulatorApp
-from providers.simulator.cli import build_parser, options_from_args
-from providers.simulator.client import SimulatorClient
-from providers.simulator.options import OptionFields, SimulatorOptions, make_options
+from export_poller.providers.simulator.app import SimulatorApp
+from export_poller.providers.simulator.cli import build_parser, options_from_args
+from export_poller.providers.simulator.client import SimulatorClient
+from export_poller.providers.simulator.options import OptionFields, SimulatorOptions, make_options
 
-log = logging.getLogger("providers.simulator")
+log = logging.getLogger("export_poller.providers.simulator")
 
 WAITRESS_SETTINGS: dict[str, Any] = {
     "ident": "provider-simulator",

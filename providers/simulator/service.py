@@ -12,13 +12,13 @@ import time
 from collections.abc import Callable, Sequence
 from functools import partial
 
-from providers.simulator.dialects import Dialect
-from providers.simulator.faults import Fault, FaultPlan
-from providers.simulator.limits import LimitState, RateLimiter
-from providers.simulator.options import Clock
-from providers.simulator.stats import RESET, UNAUTHENTICATED, Stats
-from providers.simulator.store import JobStore
-from providers.simulator.wsgi import DropConnection, Request, Response
+from export_poller.providers.simulator.dialects import Dialect
+from export_poller.providers.simulator.faults import Fault, FaultPlan
+from export_poller.providers.simulator.limits import LimitState, RateLimiter
+from export_poller.providers.simulator.options import Clock
+from export_poller.providers.simulator.stats import RESET, UNAUTHENTICATED, Stats
+from export_poller.providers.simulator.store import JobStore
+from export_poller.providers.simulator.wsgi import DropConnection, Request, Response
 
 GARBAGE = (
     b"<html><head><title>502 Bad Gateway</title></head>"

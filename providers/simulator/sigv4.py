@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import parse_qsl, quote
 
-from providers.simulator.options import Clock
-from providers.simulator.wsgi import Request
+from export_poller.providers.simulator.options import Clock
+from export_poller.providers.simulator.wsgi import Request
 
 ALGORITHM = "AWS4-HMAC-SHA256"
 MAX_SKEW_S = 15 * 60

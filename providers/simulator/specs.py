@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from providers.simulator.faults import fault_list
-from providers.simulator.fields import (
+from export_poller.providers.simulator.faults import fault_list
+from export_poller.providers.simulator.fields import (
     SpecError,
     as_object,
     check_keys,
@@ -15,8 +15,8 @@ from providers.simulator.fields import (
     get_int,
     get_str,
 )
-from providers.simulator.jobs import Job, Outcome, PollPlan, TimePlan
-from providers.simulator.options import PROVIDERS
+from export_poller.providers.simulator.jobs import Job, Outcome, PollPlan, TimePlan
+from export_poller.providers.simulator.options import PROVIDERS
 
 MAX_ID_LENGTH = 512
 SPEC_KEYS = (

@@ -8,8 +8,8 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
-from providers.simulator.limits import WindowStats
-from providers.simulator.options import PROVIDERS
+from export_poller.providers.simulator.limits import WindowStats
+from export_poller.providers.simulator.options import PROVIDERS
 
 UNAUTHENTICATED = "(unauthenticated)"
 """Credential label of refused requests: a wrong secret must not become a stats key."""

@@ -16,11 +16,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from providers.simulator.faults import Fault
-from providers.simulator.fields import SpecError, as_object
-from providers.simulator.jobs import Job, JobView
-from providers.simulator.options import Clock
-from providers.simulator.specs import build_job, normalize_id, provider_of
+from export_poller.providers.simulator.faults import Fault
+from export_poller.providers.simulator.fields import SpecError, as_object
+from export_poller.providers.simulator.jobs import Job, JobView
+from export_poller.providers.simulator.options import Clock
+from export_poller.providers.simulator.specs import build_job, normalize_id, provider_of
 
 Chooser = Callable[[Sequence[tuple[Sequence[Fault], int]]], Fault | None]
 """Given (faults, poll number) of each polled job, the fault to answer with, if any."""

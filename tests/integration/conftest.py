@@ -13,10 +13,10 @@ import pytest
 import redis
 from celery import signature
 
-from providers.simulator.client import SimulatorClient
-from providers.simulator.server import start_in_thread
-from tasks.demo import fast_env
-from tasks.processes import Child, start_beat, start_redis, start_worker, wait_until
+from export_poller.demo import fast_env
+from export_poller.processes import Child, start_beat, start_redis, start_worker, wait_until
+from export_poller.providers.simulator.client import SimulatorClient
+from export_poller.providers.simulator.server import start_in_thread
 
 PREFIX = "it"
 
@@ -56,7 +56,7 @@ def env(redis_server: Child, sim: Any, monkeypatch: pytest.MonkeyPatch) -> Itera
     settings = fast_env(url, sim.url, prefix=PREFIX)
     for key, value in settings.items():
         monkeypatch.setenv(key, value)
-    from tasks.runtime import reconfigure
+    from export_poller.runtime import reconfigure
 
     reconfigure()
     yield {**os.environ, **settings}
@@ -120,7 +120,7 @@ def monotonic() -> float:
 
 def override(fleet: Fleet, monkeypatch: pytest.MonkeyPatch, settings: dict[str, str]) -> None:
     """Change settings for this test's children and for this process, before workers start."""
-    from tasks.runtime import reconfigure
+    from export_poller.runtime import reconfigure
 
     fleet.env.update(settings)
     for key, value in settings.items():

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from providers.simulator.client import SimulatorClient
-from tasks.api import get_export, track_export
+from export_poller.api import get_export, track_export
+from export_poller.providers.simulator.client import SimulatorClient
 from tests.integration.conftest import PREFIX, Fleet, callback_sigs, wait_for
 
 pytestmark = pytest.mark.integration
@@ -85,7 +85,7 @@ def test_a_worker_killed_mid_run_loses_no_export_and_doubles_no_callback(
 def test_a_poll_message_replayed_by_hand_is_ignored(
     fleet: Fleet, sim_client: SimulatorClient
 ) -> None:
-    from tasks.celery import app
+    from export_poller.celery import app
 
     export_id = str(sim_client.create_job(provider="saymon", pending_polls=1, running_polls=1))
     tid = track_export("saymon", export_id, timeout=120, **callback_sigs())

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import requests
 
-from providers.simulator.client import SimulatorClient
-from tasks.processes import free_port, spawn, wait_until
+from export_poller.processes import free_port, spawn, wait_until
+from export_poller.providers.simulator.client import SimulatorClient
 from tests.integration.conftest import Fleet
 
 pytestmark = pytest.mark.integration
@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def cli(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "tasks.cli", *args],
+        [sys.executable, "-m", "export_poller.cli", *args],
         env=env,
         cwd=ROOT,
         capture_output=True,
@@ -113,7 +113,7 @@ def flower_tasks(port: int) -> dict[str, Any]:
 def test_flower_shows_polls_by_name_with_no_secret(
     fleet: Fleet, sim_client: SimulatorClient, env: dict[str, str]
 ) -> None:
-    from tasks.api import track_export
+    from export_poller.api import track_export
 
     port = free_port()
     flower = spawn(
@@ -159,13 +159,13 @@ def _up(port: int) -> bool:
 
 
 def test_metrics_endpoint_serves_domain_metrics(fleet: Fleet, env: dict[str, str]) -> None:
-    from tasks.api import track_export
+    from export_poller.api import track_export
 
     track_export("cgc", "neverCreated0", timeout=60)
     port = free_port()
     server = spawn(
         "metrics",
-        [sys.executable, "-m", "tasks.cli", "metrics", "--port", str(port)],
+        [sys.executable, "-m", "export_poller.cli", "metrics", "--port", str(port)],
         env,
         fleet.workdir,
     )

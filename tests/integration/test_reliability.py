@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from kombu import Connection, Exchange, Producer
 
-from providers.simulator.client import SimulatorClient
-from providers.simulator.server import start_in_thread
-from tasks.api import track_export
-from tasks.processes import Child, free_port, redis_ping, spawn, start_redis
+from export_poller.api import track_export
+from export_poller.processes import Child, free_port, redis_ping, spawn, start_redis
+from export_poller.providers.simulator.client import SimulatorClient
+from export_poller.providers.simulator.server import start_in_thread
 from tests.integration.conftest import (
     PREFIX,
     Fleet,
@@ -198,7 +198,7 @@ def sim_404s(client: SimulatorClient) -> int:
 def test_password_protected_redis_works_and_the_password_is_never_logged(
     workdir: Path, sim: Any
 ) -> None:
-    from tasks.demo import fast_env
+    from export_poller.demo import fast_env
     from tests.integration.test_operations import cli, one_line_error
 
     password = "rds-pass-5e6f7a8b"
@@ -294,7 +294,7 @@ def tls_redis(workdir: Path, password: str) -> tuple[Child, str]:
 
 
 def test_rediss_with_a_password_works_and_is_shown_redacted(workdir: Path, sim: Any) -> None:
-    from tasks.demo import fast_env
+    from export_poller.demo import fast_env
     from tests.integration.test_operations import cli
 
     password = "tls-pass-0c1d2e3f"

@@ -21,9 +21,14 @@ import pytest
 import requests
 from requests_aws4auth import AWS4Auth  # type: ignore[import-untyped]
 
-from providers.simulator import RunningSimulator, SimulatorClient, SimulatorError, start_in_thread
-from providers.simulator.options import OptionFields
-from providers.simulator.server import main
+from export_poller.providers.simulator import (
+    RunningSimulator,
+    SimulatorClient,
+    SimulatorError,
+    start_in_thread,
+)
+from export_poller.providers.simulator.options import OptionFields
+from export_poller.providers.simulator.server import main
 
 pytestmark = pytest.mark.integration
 
@@ -593,7 +598,15 @@ def test_the_command_line_serves_a_script_until_terminated(tmp_path: Path) -> No
             }
         )
     )
-    command = [sys.executable, "-m", "providers.simulator", "--port", "0", "--script", str(script)]
+    command = [
+        sys.executable,
+        "-m",
+        "export_poller.providers.simulator",
+        "--port",
+        "0",
+        "--script",
+        str(script),
+    ]
     with subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True) as process:
         try:
             assert process.stdout is not None

@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 from celery import signature
 
-from config.settings import AccountSettings, Settings
-from providers import errors
-from tasks import api
-from tasks.engine import Engine
+from export_poller import api
+from export_poller.config.settings import AccountSettings, Settings
+from export_poller.engine import Engine
+from export_poller.providers import errors
 from tests.unit.conftest import Broker
 
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from providers import errors
-from providers.models import ExportStatus
-from tasks.engine import Engine
-from tasks.store import Store
+from export_poller.engine import Engine
+from export_poller.providers import errors
+from export_poller.providers.models import ExportStatus
+from export_poller.store import Store
 from tests.unit.conftest import Broker, Clock, FakePool, ScriptedProvider
 
 SIG_OK = {"task": "myapp.export_ready", "args": [], "kwargs": {}, "options": {}}

@@ -5,13 +5,13 @@ from __future__ import annotations
 import fakeredis
 import pytest
 
-from config.settings import AccountSettings, Settings
-from providers import errors
-from providers.models import ExportStatus
-from tasks import clock
-from tasks.engine import Engine
-from tasks.guards import AccountGuard
-from tasks.store import Store
+from export_poller import clock
+from export_poller.config.settings import AccountSettings, Settings
+from export_poller.engine import Engine
+from export_poller.guards import AccountGuard
+from export_poller.providers import errors
+from export_poller.providers.models import ExportStatus
+from export_poller.store import Store
 from tests.unit.conftest import Broker, Clock, FakePool, ScriptedProvider
 
 

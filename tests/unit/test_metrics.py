@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from providers import errors
-from tasks.engine import Engine
-from tasks.metrics import PollerCollector
+from export_poller.engine import Engine
+from export_poller.metrics import PollerCollector
+from export_poller.providers import errors
 from tests.unit.conftest import Broker, Clock, ScriptedProvider
 from tests.unit.test_engine import run_to_end, track
 

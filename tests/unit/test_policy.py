@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from providers import errors
-from providers.models import ExportStatus, Progress
-from tasks import policy
+from export_poller import policy
+from export_poller.providers import errors
+from export_poller.providers.models import ExportStatus, Progress
 
 B = policy.Backoff(initial=5, factor=2, maximum=300, floor=1)
 NOW = 1000.0

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import time
 
-from providers.simulator.dialects.base import Dialect, SingleJobDialect
-from providers.simulator.dialects.chaossearch import ChaosSearch
-from providers.simulator.dialects.cometly import Cometly
-from providers.simulator.dialects.saymon import Saymon
-from providers.simulator.dialects.sevenbridges import CGC, BioDataCatalyst
-from providers.simulator.options import SimulatorOptions
-from providers.simulator.sigv4 import SigV4Verifier
+from export_poller.providers.simulator.dialects.base import Dialect, SingleJobDialect
+from export_poller.providers.simulator.dialects.chaossearch import ChaosSearch
+from export_poller.providers.simulator.dialects.cometly import Cometly
+from export_poller.providers.simulator.dialects.saymon import Saymon
+from export_poller.providers.simulator.dialects.sevenbridges import CGC, BioDataCatalyst
+from export_poller.providers.simulator.options import SimulatorOptions
+from export_poller.providers.simulator.sigv4 import SigV4Verifier
 
 
 def build_dialects(options: SimulatorOptions) -> tuple[Dialect, ...]:

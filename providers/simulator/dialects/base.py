@@ -1,5 +1,5 @@
 """What a provider dialect must say: how it authenticates, which ids a request names, how its
-answers and its errors look. The request flow itself is shared (`providers.simulator.service`)."""
+answers and its errors look. The request flow itself is shared (`..service`)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from providers.simulator.jobs import JobView
-from providers.simulator.limits import LimitState
-from providers.simulator.wsgi import Request, Response
+from export_poller.providers.simulator.jobs import JobView
+from export_poller.providers.simulator.limits import LimitState
+from export_poller.providers.simulator.wsgi import Request, Response
 
 
 def iso(timestamp: float) -> str:

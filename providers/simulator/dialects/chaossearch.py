@@ -11,10 +11,10 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl
 
-from providers.simulator.dialects.base import SingleJobDialect
-from providers.simulator.jobs import JobView, State
-from providers.simulator.sigv4 import SignatureRejected, SigV4Verifier
-from providers.simulator.wsgi import BadRequest, Request, Response
+from export_poller.providers.simulator.dialects.base import SingleJobDialect
+from export_poller.providers.simulator.jobs import JobView, State
+from export_poller.providers.simulator.sigv4 import SignatureRejected, SigV4Verifier
+from export_poller.providers.simulator.wsgi import BadRequest, Request, Response
 
 PATH = "/bulkexport/status"
 BUCKET = "sim-export-bkt"

@@ -13,10 +13,10 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from providers.simulator.dialects.base import SingleJobDialect, bearer_token, iso
-from providers.simulator.jobs import JobView
-from providers.simulator.limits import LimitState
-from providers.simulator.wsgi import Request, Response
+from export_poller.providers.simulator.dialects.base import SingleJobDialect, bearer_token, iso
+from export_poller.providers.simulator.jobs import JobView
+from export_poller.providers.simulator.limits import LimitState
+from export_poller.providers.simulator.wsgi import Request, Response
 
 PREFIX = "/public-api/v1/events/exports/"
 URL_LIFETIME_S = 15 * 60

@@ -11,9 +11,13 @@ from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
 
-from providers.simulator.dialects.base import SingleJobDialect, basic_credentials, password_matches
-from providers.simulator.jobs import JobView
-from providers.simulator.wsgi import Request, Response
+from export_poller.providers.simulator.dialects.base import (
+    SingleJobDialect,
+    basic_credentials,
+    password_matches,
+)
+from export_poller.providers.simulator.jobs import JobView
+from export_poller.providers.simulator.wsgi import Request, Response
 
 PREFIX = "/node/api/bulk/"
 SUFFIX = "/status"

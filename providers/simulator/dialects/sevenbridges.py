@@ -11,10 +11,10 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from providers.simulator.dialects.base import Dialect, SingleJobDialect, iso
-from providers.simulator.jobs import JobView
-from providers.simulator.limits import LimitState
-from providers.simulator.wsgi import BadRequest, Request, Response
+from export_poller.providers.simulator.dialects.base import Dialect, SingleJobDialect, iso
+from export_poller.providers.simulator.jobs import JobView
+from export_poller.providers.simulator.limits import LimitState
+from export_poller.providers.simulator.wsgi import BadRequest, Request, Response
 
 EXPORTS_PREFIX = "/v2/storage/exports/"
 BULK_PATH = "/v2/bulk/storage/exports/get"

@@ -11,9 +11,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from config.settings import AccountSettings, Settings
-from providers.base import Provider, path_segment
-from providers.registry import get_provider_class
+from export_poller.config.settings import AccountSettings, Settings
+from export_poller.providers.base import Provider, path_segment
+from export_poller.providers.registry import get_provider_class
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 ACCOUNT = "acme"

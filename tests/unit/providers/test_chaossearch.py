@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 import responses
 
-from config.settings import Settings
-from providers import errors
-from providers.chaossearch import ChaosSearch
-from providers.models import ExportStatus, Progress, StatusError
+from export_poller.config.settings import Settings
+from export_poller.providers import errors
+from export_poller.providers.chaossearch import ChaosSearch
+from export_poller.providers.models import ExportStatus, Progress, StatusError
 from tests.unit.providers.helpers import (
     ACCOUNT,
     SECRETS,

@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 import responses
 
-from providers import errors
-from providers.cometly import Cometly
-from providers.models import ExportStatus, StatusError
+from export_poller.providers import errors
+from export_poller.providers.cometly import Cometly
+from export_poller.providers.models import ExportStatus, StatusError
 from tests.unit.providers.helpers import ACCOUNT, SECRETS, assert_no_secret, load, make
 
 BASE = "https://app.cometly.com/public-api/v1/events/exports"

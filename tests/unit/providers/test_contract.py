@@ -13,11 +13,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from config.settings import AccountSettings, Settings
-from providers import errors
-from providers.base import Provider
-from providers.models import ExportStatus
-from providers.registry import get_provider_class, provider_names
+from export_poller.config.settings import AccountSettings, Settings
+from export_poller.providers import errors
+from export_poller.providers.base import Provider
+from export_poller.providers.models import ExportStatus
+from export_poller.providers.registry import get_provider_class, provider_names
 from tests.unit.providers.helpers import (
     ACCOUNT,
     FIXTURES,

@@ -9,8 +9,8 @@ import pytest
 import requests
 import responses
 
-from providers import errors
-from providers.models import ExportStatus
+from export_poller.providers import errors
+from export_poller.providers.models import ExportStatus
 from tests.unit.providers.helpers import (
     ACCOUNT,
     AUTH_HEADERS,

@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 import responses
 
-from config.settings import Settings
-from providers import errors
-from providers.models import ExportStatus
-from providers.saymon import Saymon
+from export_poller.config.settings import Settings
+from export_poller.providers import errors
+from export_poller.providers.models import ExportStatus
+from export_poller.providers.saymon import Saymon
 from tests.unit.providers.helpers import (
     ACCOUNT,
     SECRETS,

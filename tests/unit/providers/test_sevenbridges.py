@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 import responses
 
-from config.settings import AccountSettings, Settings
-from providers import base, errors
-from providers.models import ExportStatus, StatusError
-from providers.sevenbridges import CGC, BioDataCatalyst
+from export_poller.config.settings import AccountSettings, Settings
+from export_poller.providers import base, errors
+from export_poller.providers.models import ExportStatus, StatusError
+from export_poller.providers.sevenbridges import CGC, BioDataCatalyst
 from tests.unit.providers.helpers import ACCOUNT, SECRETS, assert_no_secret, load, make
 
 BDC = "https://api.sb.biodatacatalyst.nhlbi.nih.gov/v2/storage/exports"
