@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     rescue_grace: PositiveSeconds = 30.0
     http_connect_timeout: PositiveSeconds = 5.0
     http_read_timeout: PositiveSeconds = 30.0
+    # Wall clock for a whole request, headers and body: a trickling answer never trips the
+    # read timeout, which applies to each socket read.
+    http_total_timeout: PositiveSeconds = 30.0
     max_response_bytes: Annotated[int, Field(gt=0)] = 2 * 1024 * 1024
     record_ttl: PositiveSeconds = 7 * 24 * 3600.0
     sweep_batch: Annotated[int, Field(gt=0)] = 1000
@@ -125,8 +128,12 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _timeouts_fit_lease(self) -> Settings:
-        if self.http_connect_timeout + self.http_read_timeout >= self.lease_seconds:
-            raise ValueError("http timeouts must add up to less than POLLER_LEASE_SECONDS")
+        longest = self.http_connect_timeout + self.http_total_timeout
+        if longest >= self.lease_seconds:
+            raise ValueError(
+                "POLLER_HTTP_CONNECT_TIMEOUT + POLLER_HTTP_TOTAL_TIMEOUT must be less than "
+                "POLLER_LEASE_SECONDS"
+            )
         return self
 
     @property

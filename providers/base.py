@@ -12,7 +12,6 @@ from __future__ import annotations
 import email.utils
 import json
 import logging
-import os
 import re
 import time
 from abc import ABC, abstractmethod
@@ -23,12 +22,12 @@ from urllib.parse import quote, urljoin, urlsplit
 
 import requests
 from pydantic import BaseModel, ValidationError
-from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase
 
 from export_poller.config.settings import AccountSettings, Settings
-from export_poller.providers import errors
+from export_poller.providers import errors, transport
 from export_poller.providers.models import ExportStatus
+from export_poller.providers.redaction import Redactor
 
 log = logging.getLogger("export_poller.http")
 
@@ -40,8 +39,6 @@ _DOT_SEGMENTS = frozenset({".", ".."})
 
 Outcome = ExportStatus | errors.ProviderError
 _M = TypeVar("_M", bound=BaseModel)
-_SECRET_FIELDS = ("token", "password", "access_key", "secret_key")
-_MIN_REDACTED = 4
 
 
 @dataclass(frozen=True)
@@ -89,10 +86,12 @@ class Provider(ABC):
         self.account_name = account_name
         self.account = account
         self.timeout = (settings.http_connect_timeout, settings.http_read_timeout)
+        self.total_timeout = settings.http_total_timeout
         self.max_bytes = settings.max_response_bytes
         self.base_url = self._base_url(account)
         self._auth = self.auth()
-        self.session = _session(self.base_url)
+        self.redactor = Redactor.for_account(account)
+        self.session = transport.session_for(self.base_url)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} account={self.account_name!r} base_url={self.base_url!r}>"
@@ -154,17 +153,24 @@ class Provider(ABC):
     def fetch_many(self, export_ids: Sequence[str]) -> dict[str, Outcome]:
         """Ask for up to `batch_size` exports in one request; errors of the whole call raise."""
         request = self.status_request(export_ids)
-        response = self._send(request)
-        status, headers, body = response.status_code, response.headers, self._read(response)
+        with transport.deadline(self.total_timeout) as watch:
+            try:
+                response = self._send(request)
+                status, headers, body = response.status_code, response.headers, self._read(response)
+            except errors.TransportError:
+                if not watch.expired:
+                    raise
+                late = f"{self.name} did not answer within {self.total_timeout:g} s"
+                raise errors.TransportError(late) from None
         if status >= 300:
-            raise self.error_for(status, headers, _json_or_none(body))
+            raise self.error_for(status, headers, self.redactor.clean(_json_or_none(body)))
         try:
             decoded = json.loads(body)
-        except ValueError as exc:
+        except ValueError:
             raise errors.BadResponse(
                 f"{self.name} answered {status} with a body that is not JSON"
-            ) from exc
-        return self.parse(decoded, export_ids)
+            ) from None
+        return self.parse(self.redactor.clean(decoded), export_ids)
 
     def _send(self, request: StatusRequest) -> requests.Response:
         url = self.base_url + request.path
@@ -241,13 +247,8 @@ class Provider(ABC):
         return base.rstrip("/")
 
     def redact(self, text: str) -> str:
-        """Mask this account's secrets in provider-supplied text: some error bodies echo a token."""
-        for field in _SECRET_FIELDS:
-            value = getattr(self.account, field)
-            secret = value.get_secret_value() if value is not None else ""
-            if len(secret) >= _MIN_REDACTED:
-                text = text.replace(secret, "***")
-        return text
+        """Mask this account's secrets, in every spelling, in provider-supplied text."""
+        return self.redactor.text(text)
 
     def require(self, field: str) -> str:
         """A credential from the account, or a configuration error naming the missing setting."""
@@ -315,17 +316,3 @@ def map_http_error(
     return errors.BadResponse(
         f"{provider.name} answered an unexpected {status}", status_code=status
     )
-
-
-def _session(base_url: str) -> requests.Session:
-    """A pooled session that reads proxy and CA settings from the environment once, here:
-    requests would otherwise walk the whole environment again on every request."""
-    session = requests.Session()
-    session.mount("http://", HTTPAdapter(pool_maxsize=32))
-    session.mount("https://", HTTPAdapter(pool_maxsize=32))
-    session.trust_env = False
-    session.proxies = requests.utils.get_environ_proxies(base_url)
-    bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
-    if bundle:
-        session.verify = bundle
-    return session
