@@ -103,6 +103,8 @@ class Settings(BaseSettings):
     record_ttl: PositiveSeconds = 7 * 24 * 3600.0
     sweep_batch: Annotated[int, Field(gt=0)] = 1000
     confirm_refusals: Annotated[int, Field(ge=1)] = 3
+    # A callback that fails to dispatch this many times is moved to the dead-letter set.
+    callback_attempts: Annotated[int, Field(ge=1)] = 5
     train_max: Annotated[int, Field(ge=1)] = 50
     train_seconds: PositiveSeconds = 1.0
     breaker_window: PositiveSeconds = 30.0

@@ -32,7 +32,8 @@ from export_poller.providers.redaction import Redactor
 log = logging.getLogger("export_poller.http")
 
 MAX_EXPORT_ID_BYTES = 1024
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# C0 and C1 controls, and the bidi controls that make a printed id read as another one.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS = 3
 _DOT_SEGMENTS = frozenset({".", ".."})
@@ -131,10 +132,16 @@ class Provider(ABC):
             )
         if not export_id.strip():
             raise errors.InvalidExportId("export id must not be empty")
-        if len(export_id.encode()) > MAX_EXPORT_ID_BYTES:
+        try:
+            encoded = export_id.encode()
+        except UnicodeEncodeError:
+            raise errors.InvalidExportId("export id must be valid Unicode text") from None
+        if len(encoded) > MAX_EXPORT_ID_BYTES:
             raise errors.InvalidExportId(f"export id is over {MAX_EXPORT_ID_BYTES} bytes")
         if _CONTROL.search(export_id):
-            raise errors.InvalidExportId("export id must not contain control characters")
+            raise errors.InvalidExportId(
+                "export id must not contain control or bidirectional formatting characters"
+            )
         if export_id in _DOT_SEGMENTS:
             raise errors.InvalidExportId(f"export id must not be {export_id!r}")
         if cls.id_pattern is not None and not cls.id_pattern.fullmatch(export_id):

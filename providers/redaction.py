@@ -83,4 +83,3 @@ class Redactor:
                 out[ESCAPED] = True
             return out
         return value
-

@@ -18,7 +18,21 @@ from export_poller.providers.registry import get_provider_class
 from export_poller.runtime import get_engine
 
 MAX_METADATA_BYTES = 16 * 1024
+MAX_SIGNATURE_BYTES = 8 * 1024
+MAX_DEPTH = 32
 MAX_TIMEOUT = 30 * 24 * 3600.0
+# Callbacks run with the caller's arguments on any worker that knows the task: never ours or
+# Celery's own (a forged `exports.*` message could finish or flood exports, `celery.*` runs
+# maintenance), and only the signature keys and options that route a message.
+RESERVED_TASK_PREFIXES = ("exports.", "celery.")
+_SIGNATURE_KEYS = frozenset(
+    {"task", "args", "kwargs", "options", "subtask_type", "immutable", "chord_size"}
+)
+_SIGNATURE_OPTIONS = frozenset(
+    {"queue", "routing_key", "exchange", "priority", "expires", "countdown", "headers"}
+    | {"soft_time_limit", "time_limit", "retry", "retry_policy", "task_id", "shadow"}
+)
+_KOMBU_KEYS = frozenset({"__type__", "__value__"})
 
 
 def track_export(
@@ -93,18 +107,66 @@ def _check_account(name: str, provider: str) -> AccountSettings:
 
 
 def _signature(value: object, name: str) -> dict[str, Any] | str:
-    """A Celery signature (or its dict form), stored as JSON; '' when absent."""
+    """A Celery signature (or its dict form), checked and stored as JSON; '' when absent."""
     if value is None:
         return ""
     if not isinstance(value, Mapping) or not isinstance(value.get("task"), str):
         raise errors.ConfigurationError(
             f"{name} must be a Celery signature, e.g. signature('myapp.export_ready')"
         )
-    try:
-        decoded: dict[str, Any] = json.loads(json.dumps(dict(value)))
-    except (TypeError, ValueError) as exc:
-        raise errors.ConfigurationError(f"{name} must be JSON-serializable: {exc}") from exc
+    decoded = _json_object(value, name, MAX_SIGNATURE_BYTES)
+    _check_signature_shape(decoded, name)
     return decoded
+
+
+def _check_signature_shape(sig: dict[str, Any], name: str) -> None:
+    task = sig["task"].strip()
+    if not task or task.startswith(RESERVED_TASK_PREFIXES):
+        raise errors.ConfigurationError(
+            f"{name} must name one of your own tasks, not {task!r} "
+            f"(names starting with {' or '.join(RESERVED_TASK_PREFIXES)} are reserved)"
+        )
+    unknown = sorted(set(sig) - _SIGNATURE_KEYS) + sorted(
+        set(sig.get("options") or {}) - _SIGNATURE_OPTIONS
+    )
+    if unknown:
+        raise errors.ConfigurationError(f"{name} has keys a callback may not set: {unknown}")
+    shapes = {"args": list, "kwargs": dict, "options": dict}
+    for key, kind in shapes.items():
+        if sig.get(key) is not None and not isinstance(sig[key], kind):
+            raise errors.ConfigurationError(f"{name}.{key} must be a {kind.__name__}")
+
+
+def _json_object(value: Mapping[str, Any], name: str, most: int) -> dict[str, Any]:
+    """A JSON copy of a caller's object: bounded in size and depth (deeper JSON would make
+    the callback message undecodable), with no object kombu would decode as a typed value."""
+    try:
+        text = json.dumps(dict(value), allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise errors.ConfigurationError(f"{name} must be JSON-serializable: {exc}") from None
+    if len(text.encode("utf-8", "surrogatepass")) > most:
+        raise errors.ConfigurationError(f"{name} is over {most} bytes as JSON")
+    decoded: dict[str, Any] = json.loads(text)
+    _check_nesting(decoded, name)
+    return decoded
+
+
+def _check_nesting(value: Any, name: str, depth: int = 0) -> None:
+    if depth > MAX_DEPTH:
+        raise errors.ConfigurationError(f"{name} is nested deeper than {MAX_DEPTH} levels")
+    if isinstance(value, dict):
+        if value.keys() == _KOMBU_KEYS:
+            raise errors.ConfigurationError(
+                f"{name} must not hold an object with exactly the keys __type__ and __value__ "
+                "(kombu would decode it as a typed value)"
+            )
+        items: Any = value.values()
+    elif isinstance(value, list):
+        items = value
+    else:
+        return
+    for item in items:
+        _check_nesting(item, name, depth + 1)
 
 
 def _metadata(value: object) -> dict[str, Any]:
@@ -112,14 +174,7 @@ def _metadata(value: object) -> dict[str, Any]:
         return {}
     if not isinstance(value, Mapping):
         raise errors.ConfigurationError("metadata must be a JSON object (a dict)")
-    try:
-        text = json.dumps(dict(value), allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise errors.ConfigurationError(f"metadata must be JSON-serializable: {exc}") from exc
-    if len(text.encode()) > MAX_METADATA_BYTES:
-        raise errors.ConfigurationError(f"metadata is over {MAX_METADATA_BYTES} bytes as JSON")
-    result: dict[str, Any] = json.loads(text)
-    return result
+    return _json_object(value, "metadata", MAX_METADATA_BYTES)
 
 
 def _timeout(value: object) -> float:
@@ -127,6 +182,6 @@ def _timeout(value: object) -> float:
         return get_settings().default_timeout
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise errors.ConfigurationError("timeout must be a number of seconds")
-    if not math.isfinite(value) or not 0 < value <= MAX_TIMEOUT:
+    if not 0 < value <= MAX_TIMEOUT or not math.isfinite(value):
         raise errors.ConfigurationError(f"timeout must be in (0, {MAX_TIMEOUT:.0f}] seconds")
     return float(value)

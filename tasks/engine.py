@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from kombu.exceptions import OperationalError as KombuOperationalError
+
 from export_poller import clock, policy
 from export_poller.config.settings import Settings
 from export_poller.guards import AccountGuard
@@ -36,6 +38,8 @@ Outcome = ExportStatus | errors.ProviderError
 T = TypeVar("T")
 _SWEEP_ROUNDS = 10  # batches per sweep: bounded, so one sweep never runs long
 _TRAIN_SPREAD = 1.0  # seconds between the first and last planned poll of one message
+_LOGGED_DROPS = 5  # per message: the log stays bounded whatever a message names
+_MOST_PER_MESSAGE = 1000  # above any train we send (50 by default, a CGC request holds 100)
 SendPoll = Callable[[Sequence[tuple[str, str]], float], None]  # (tid, token) pairs, countdown
 SendCallback = Callable[[dict[str, Any], dict[str, Any]], None]
 
@@ -183,20 +187,34 @@ class Engine:
         commit and callback.
         """
         now = clock.now()
-        pairs = [(tid, token), *more]
+        pairs = self._bounded([(tid, token), *more])
         lease_until = now + self.settings.lease_seconds
         results = self.store.claim_many(pairs, uuid.uuid4().hex, now=now, lease_until=lease_until)
         by_account: dict[str, list[Claim]] = {}
+        dropped = 0
         for (ptid, _), result in zip(pairs, results, strict=True):
-            if isinstance(result, str):
-                log.info("poll dropped tracking_id=%s reason=%s", ptid, result)
-            else:
+            if not isinstance(result, str):
                 by_account.setdefault(result.fields["account"], []).append(result)
+                continue
+            dropped += 1
+            if dropped <= _LOGGED_DROPS:
+                log.info("poll dropped tracking_id=%s reason=%s", ptid, result)
+        if dropped > _LOGGED_DROPS:
+            log.info("poll dropped %d more exports of this message", dropped - _LOGGED_DROPS)
         states: dict[str, str] = {}
         for account, claims in by_account.items():
             states |= self._poll_account(account, claims, now, lease_until)
         first = results[0]
         return first if isinstance(first, str) else states.get(tid, "lost")
+
+    def _bounded(self, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """No train we send names more than POLLER_TRAIN_MAX exports or one bulk request's
+        worth: a longer message is forged, and its tail is left to the sweep rather than to
+        one long, loud run."""
+        most = max(self.settings.train_max, _MOST_PER_MESSAGE)
+        if len(pairs) > most:
+            log.warning("poll message names %d exports; polling the first %d", len(pairs), most)
+        return pairs[:most]
 
     def _poll_account(
         self, account: str, claims: list[Claim], now: float, lease_until: float
@@ -275,7 +293,7 @@ class Engine:
         try:
             by_id = provider.fetch_many(ids)
         except errors.ProviderError as exc:
-            by_id = dict.fromkeys(ids, exc)
+            by_id = dict.fromkeys(ids, _bare(exc))
         except Exception as exc:
             log.exception("adapter bug account=%s", account)
             by_id = dict.fromkeys(ids, errors.BadResponse(f"adapter raised {type(exc).__name__}"))
@@ -372,11 +390,25 @@ class Engine:
         log.info("callback tracking_id=%s state=%s sent=%s", tid, rec.get("state"), kind)
         return bool(signature)
 
-    def _safe_dispatch(self, tid: str) -> None:
+    def _safe_dispatch(self, tid: str) -> bool:
+        """Dispatch without letting one callback hurt the others: a broker outage is retried
+        by the sweep as it is; any other failure counts towards the dead-letter set."""
         try:
-            self.dispatch(tid)
-        except Exception:
-            log.exception("callback dispatch failed; the sweep retries tracking_id=%s", tid)
+            return self.dispatch(tid)
+        except (OSError, KombuOperationalError):
+            log.warning("callback dispatch failed; the sweep retries tracking_id=%s", tid)
+            return False
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"[:200]
+            dead = self.store.fail_outbox(
+                tid,
+                now=clock.now(),
+                error=error,
+                most=self.settings.callback_attempts,
+                ttl=self.settings.record_ttl,
+            )
+            log.error("callback dispatch failed tracking_id=%s dead_letter=%s", tid, dead)
+            return False
 
     # -- the sweep ---------------------------------------------------------------------------
 
@@ -398,7 +430,7 @@ class Engine:
             if len(send) + len(expired) < s.sweep_batch:
                 break
         for tid in self.store.outbox_due(now, s.sweep_batch):
-            report.callbacks += int(self.dispatch(tid))
+            report.callbacks += int(self._safe_dispatch(tid))
         return report
 
     def _expire(self, tid: str, now: float) -> bool:
@@ -431,6 +463,13 @@ def _fields_for(decision: policy.Decision, ctx: policy.PollContext, now: float) 
     if decision.terminal:
         fields["finished_at"] = now
     return fields
+
+
+def _bare(exc: errors.ProviderError) -> errors.ProviderError:
+    """The error without its traceback and chain: kept per export until the commit, those would
+    hold the request's frames and body buffer in a cycle only the cyclic GC frees."""
+    exc.__traceback__ = exc.__cause__ = exc.__context__ = None
+    return exc
 
 
 def _chunks(items: list[T], size: int) -> Iterator[list[T]]:

@@ -78,6 +78,11 @@ class PollerCollector(Collector):
         yield GaugeMetricFamily(
             "export_poller_outbox", "Callbacks waiting to be dispatched", value=counts["outbox"]
         )
+        yield GaugeMetricFamily(
+            "export_poller_dead_letters",
+            "Callbacks given up after POLLER_CALLBACK_ATTEMPTS failed dispatches",
+            value=counts["deadletter"],
+        )
 
     def _lag(self, grouped: dict[str, dict[tuple[str, ...], float]]) -> Metric:
         summary = SummaryMetricFamily(

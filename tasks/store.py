@@ -9,6 +9,7 @@ Keys (prefix `ep` by default):
                                a parked poll, the rescue time of one handed to Celery or in
                                flight; a due entry past its deadline is expired instead
     {p}:outbox         zset    tid -> when its callback is (re)dispatched
+    {p}:deadletter     zset    tid -> when its callback was given up after failed dispatches
     {p}:due:{acct}     zset    tid -> next poll time, per account: a poll task takes the
                                account's other due exports along in one run (a train)
     {p}:sig:{digest}   string  a callback signature, shared by every export that names it
@@ -278,6 +279,7 @@ class Store:
         self.prefix = prefix
         self.sched = f"{prefix}:sched"
         self.outbox = f"{prefix}:outbox"
+        self.deadletter = f"{prefix}:deadletter"
         self.metrics = f"{prefix}:metrics"
         self.idem = f"{prefix}:idem"
         self._sig_expiry: dict[str, float] = {}
@@ -443,6 +445,21 @@ class Store:
     def drop_outbox(self, tid: str) -> None:
         self.r.zrem(self.outbox, tid)
 
+    def fail_outbox(self, tid: str, *, now: float, error: str, most: int, ttl: float) -> bool:
+        """Count a failed dispatch; at `most` failures the callback is moved aside to the
+        dead-letter set, so one bad signature is never retried forever. True when moved."""
+        key = self.key(tid)
+        failures = cast(int, self.r.hincrby(key, "callback_failures", 1))
+        if failures < most:
+            return False
+        with self.r.pipeline(transaction=True) as pipe:
+            pipe.zrem(self.outbox, tid)
+            pipe.zadd(self.deadletter, {tid: now})
+            pipe.hset(key, mapping={"callback_error": error, "callback_dead_at": _encode(now)})
+            pipe.expire(key, int(ttl))
+            pipe.execute()
+        return True
+
     # -- reads -------------------------------------------------------------------------------
 
     def get(self, tid: str) -> dict[str, str] | None:
@@ -463,4 +480,5 @@ class Store:
         return {
             "scheduled": cast(int, self.r.zcard(self.sched)),
             "outbox": cast(int, self.r.zcard(self.outbox)),
+            "deadletter": cast(int, self.r.zcard(self.deadletter)),
         }
