@@ -10,8 +10,9 @@ case-insensitive and stored lower-case. Empty variables count as unset. Credenti
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Iterator
 from functools import lru_cache
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import (
@@ -57,8 +58,11 @@ class AccountSettings(BaseModel):
             return None
         parts = urlsplit(value.strip())
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"must be an http(s) URL, got {value!r}")
+            raise ValueError(f"must be an http(s) URL, got {redact_url(value)!r}")
         return value.strip().rstrip("/")
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        return _redacted_args(super().__repr_args__(), ("base_url",))
 
     @field_validator("rate_limit")
     @classmethod
@@ -96,9 +100,9 @@ class Settings(BaseSettings):
     rescue_grace: PositiveSeconds = 30.0
     http_connect_timeout: PositiveSeconds = 5.0
     http_read_timeout: PositiveSeconds = 30.0
-    # Wall clock for a whole request, headers and body: a trickling answer never trips the
-    # read timeout, which applies to each socket read.
-    http_total_timeout: PositiveSeconds = 30.0
+    # Wall clock for a whole request, headers and body (default: the read timeout): a
+    # trickling answer never trips the read timeout, which applies to each socket read.
+    http_total_timeout: PositiveSeconds | None = None
     max_response_bytes: Annotated[int, Field(gt=0)] = 2 * 1024 * 1024
     record_ttl: PositiveSeconds = 7 * 24 * 3600.0
     sweep_batch: Annotated[int, Field(gt=0)] = 1000
@@ -130,13 +134,19 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _timeouts_fit_lease(self) -> Settings:
-        longest = self.http_connect_timeout + self.http_total_timeout
-        if longest >= self.lease_seconds:
+        if self.http_connect_timeout + self.request_deadline >= self.lease_seconds:
             raise ValueError(
                 "POLLER_HTTP_CONNECT_TIMEOUT + POLLER_HTTP_TOTAL_TIMEOUT must be less than "
                 "POLLER_LEASE_SECONDS"
             )
         return self
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        return _redacted_args(super().__repr_args__(), ("redis_url", "broker_url"))
+
+    @property
+    def request_deadline(self) -> float:
+        return self.http_total_timeout or self.http_read_timeout
 
     @property
     def broker(self) -> str:
@@ -152,6 +162,14 @@ def redact_url(url: str) -> str:
     port = f":{parts.port}" if parts.port else ""
     user = parts.username or ""
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
+
+
+def _redacted_args(
+    args: Iterable[tuple[str | None, Any]], urls: tuple[str, ...]
+) -> Iterator[tuple[str | None, Any]]:
+    """A repr's fields with the passwords of URL fields masked (SecretStr masks the rest)."""
+    for name, value in args:
+        yield name, redact_url(value) if name in urls and isinstance(value, str) else value
 
 
 class InvalidSettings(ValueError):

@@ -87,7 +87,7 @@ class Provider(ABC):
         self.account_name = account_name
         self.account = account
         self.timeout = (settings.http_connect_timeout, settings.http_read_timeout)
-        self.total_timeout = settings.http_total_timeout
+        self.total_timeout = settings.request_deadline
         self.max_bytes = settings.max_response_bytes
         self.base_url = self._base_url(account)
         self._auth = self.auth()

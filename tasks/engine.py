@@ -281,9 +281,23 @@ class Engine:
                 if self.guard.record(account, clock.now(), calls=uncounted, failures=1):
                     log.warning("breaker open account=%s", account)
                 uncounted = 0
+            if any(isinstance(o, errors.TransportError) for o in answers.values()):
+                outcomes |= self._hold_rest(account, claims, outcomes)
+                break
         if uncounted and self.guard:
             self.guard.record(account, clock.now(), calls=uncounted)
         return outcomes
+
+    def _hold_rest(
+        self, account: str, claims: list[Claim], outcomes: dict[str, Outcome]
+    ) -> dict[str, Outcome]:
+        """After a request that timed out or failed to connect, the rest of the train waits a
+        backoff step instead of queueing behind the same slow provider, thread after thread."""
+        held = errors.Throttled(
+            f"account {account!r} held back: a request just timed out or failed to connect",
+            retry_after=self.settings.backoff_initial + self.rand() * 0.5,
+        )
+        return {c.tracking_id: held for c in claims if c.tracking_id not in outcomes}
 
     def _ask(self, provider: Provider, account: str, claims: list[Claim]) -> dict[str, Outcome]:
         """One request for these claims; always an outcome per claim, never an exception."""
