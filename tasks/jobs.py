@@ -79,7 +79,7 @@ def track(
 
 
 def _refuse(exc: Exception, call: dict[str, Any], on_failure: object) -> None:
-    from export_poller.api import callback_signature, refusal_record
+    from export_poller.api import callback_signature, callback_warnings, refusal_record
     from export_poller.providers.errors import ConfigurationError
     from export_poller.records import full_signature
 
@@ -100,6 +100,8 @@ def _refuse(exc: Exception, call: dict[str, Any], on_failure: object) -> None:
     if not sig:
         log.warning("track refusal not told to the caller: no usable on_failure signature")
         return
+    for warning in callback_warnings(sig):
+        log.warning("track refusal: %s", warning)
     signature(full_signature(sig), app=app).apply_async((record,))  # type: ignore[arg-type]
 
 
