@@ -194,6 +194,18 @@ def callback_warnings(*signatures: object) -> list[str]:
     return out
 
 
+def queue_has_consumer(queue: str, timeout: float = 1.0) -> bool | None:
+    """Whether a worker on the broker consumes `queue`, by asking them all (a remote-control
+    broadcast: `timeout` seconds, since it cannot know how many will answer); None if none
+    answered. Measured by bench/consumer_check.py: ~1 s, so the CLI asks, not every callback."""
+    from export_poller.celery import app
+
+    replies = app.control.inspect(timeout=timeout).active_queues()
+    if not replies:
+        return None
+    return any(q.get("name") == queue for queues in replies.values() for q in queues or ())
+
+
 def _service_tasks() -> set[str]:
     from export_poller import jobs  # noqa: F401 - registers this service's tasks on the app
     from export_poller.celery import app

@@ -113,6 +113,11 @@ def main() -> None:
 @click.option("--tracking-id", help="Your own tracking id (8-64 of A-Z a-z 0-9 - _).")
 @click.option("--metadata", help="JSON object kept with the export and passed to callbacks.")
 @click.option("--timeout", type=float, help="Seconds before the export times out.")
+@click.option(
+    "--no-queue-check",
+    is_flag=True,
+    help="Skip asking the workers (1 s) whether one consumes --callback-queue.",
+)
 @click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 @user_errors
 def track(
@@ -125,6 +130,7 @@ def track(
     tracking_id: str | None,
     metadata: str | None,
     timeout: float | None,
+    no_queue_check: bool,
     as_json: bool,
 ) -> None:
     """Start tracking PROVIDER's export EXPORT_ID; prints the tracking id.
@@ -151,15 +157,36 @@ def track(
         tracking_id=tracking_id,
         **sigs,
     )
-    warnings = callback_warnings(
-        *(callback_signature(sig, name) for name, sig in sigs.items() if sig)
-    )
+    routed = [callback_signature(sig, name) for name, sig in sigs.items() if sig]
+    warnings = callback_warnings(*routed)
+    if not no_queue_check:
+        warnings += _consumer_warnings(routed)
     if as_json:
         click.echo(json.dumps({"tracking_id": tid, "warnings": warnings}, indent=2))
         return
     for warning in warnings:
         click.echo(f"warning: {warning}", err=True)
     click.echo(tid)
+
+
+def _consumer_warnings(signatures: list[Any]) -> list[str]:
+    """Ask the workers once whether one consumes each callback queue other than ours."""
+    from export_poller.api import queue_has_consumer
+    from export_poller.config.settings import get_settings
+
+    queues = {(s.get("options") or {}).get("queue") for s in signatures if isinstance(s, dict)}
+    out = []
+    for queue in sorted(q for q in queues if isinstance(q, str) and q != get_settings().queue):
+        try:
+            found = queue_has_consumer(queue)
+        except Exception as exc:  # a check, not the command: the export is tracked
+            out.append(f"could not ask the workers about queue {queue!r}: {type(exc).__name__}")
+            continue
+        if found is None:
+            out.append(f"no worker answered on this broker: is one consuming queue {queue!r}?")
+        elif not found:
+            out.append(f"no worker on this broker consumes queue {queue!r} yet: callbacks wait")
+    return out
 
 
 def _cli_signature(task: str | None, queue: str | None) -> Any:

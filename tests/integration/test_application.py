@@ -167,13 +167,16 @@ def test_a_finished_export_is_refreshed_and_its_callback_sent_again(
 
 def test_stuck_shows_an_export_no_worker_polls(fleet: Fleet, sim_client: SimulatorClient) -> None:
     job = str(sim_client.create_job("cgc", pending_polls=5))
-    tid = cli(fleet.env, "track", "cgc", job).stdout.strip()
+    tracked = cli(fleet.env, "track", "cgc", job, "--on-failure", "a.b", "--callback-queue", "ab")
+    no_worker = "warning: no worker answered on this broker: is one consuming queue 'ab'?\n"
+    assert tracked.returncode == 0 and tracked.stderr == no_worker
+    tid = tracked.stdout.strip()
 
-    def stuck() -> list[dict[str, Any]]:
-        found = cli(fleet.env, "list", "--stuck", "--periods", "1", "--json").stdout
+    def stuck(periods: str = "1") -> list[dict[str, Any]]:
+        found = cli(fleet.env, "list", "--stuck", "--periods", periods, "--json").stdout
         return cast(list[dict[str, Any]], json.loads(found))
 
-    assert stuck() == []  # just tracked: its first poll is not late yet
+    assert stuck("100") == []  # 100 waits of POLLER_BACKOFF_MAX (3 s here): not yet
     wait_for(stuck, 60, "the export no worker polls to show as stuck")
     (record,) = stuck()
     assert record["tracking_id"] == tid and record["stuck"][0].startswith("no answer for")

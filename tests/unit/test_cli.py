@@ -38,8 +38,19 @@ def settings_box(monkeypatch: pytest.MonkeyPatch) -> dict[str, Settings]:
 
 
 @pytest.fixture
+def consumers(monkeypatch: pytest.MonkeyPatch) -> dict[str, bool | None]:
+    """The queues a worker consumes, as the remote-control broadcast would tell."""
+    known: dict[str, bool | None] = {"myapp": True}
+    monkeypatch.setattr(api, "queue_has_consumer", lambda queue: known.get(queue, False))
+    return known
+
+
+@pytest.fixture
 def wired(
-    monkeypatch: pytest.MonkeyPatch, engine: Engine, settings_box: dict[str, Settings]
+    monkeypatch: pytest.MonkeyPatch,
+    engine: Engine,
+    settings_box: dict[str, Settings],
+    consumers: dict[str, bool | None],
 ) -> Engine:
     monkeypatch.setattr(api, "get_engine", lambda: engine)
     monkeypatch.setattr(runtime, "get_engine", lambda: engine)
@@ -90,6 +101,29 @@ def test_a_callback_our_workers_would_discard_is_warned_about(wired: Engine) -> 
     assert "discard" in (api.get_export(tid) or {})["warning"]
     ours = run("track", "cometly", "6", "--on-complete", "exports.record_callback")
     assert ours.exit_code == 0 and ours.stderr == ""
+
+
+def test_a_callback_queue_no_worker_consumes_is_warned_about(
+    wired: Engine, consumers: dict[str, bool | None]
+) -> None:
+    result = run(
+        "track", "cometly", "30", "--on-complete", "myapp.ready", "--callback-queue", "mypp"
+    )
+    assert result.exit_code == 0 and result.stdout.strip() in list(wired.store.iter_ids())
+    assert (
+        result.stderr
+        == "warning: no worker on this broker consumes queue 'mypp' yet: callbacks wait\n"
+    )
+    consumers["mypp"] = None
+    silent = run(
+        "track", "cometly", "31", "--on-complete", "a.b", "--callback-queue", "mypp", "--json"
+    )
+    assert json.loads(silent.stdout)["warnings"] == [
+        "no worker answered on this broker: is one consuming queue 'mypp'?"
+    ]
+    quiet = run("track", "cometly", "32", "--on-complete", "a.b", "--callback-queue", "mypp",
+                "--no-queue-check")  # fmt: skip
+    assert quiet.exit_code == 0 and quiet.stderr == ""
 
 
 def test_the_callback_queue_setting_routes_callbacks_that_name_none(
