@@ -75,7 +75,8 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
         return None
     match = _DURATION.match(value)
     if not match:
-        raise click.BadParameter("use a number with s, m, h, d or w, e.g. 90s, 15m, 2h, 3d")
+        _fail(f"--older-than {value!r}: use a number with s, m, h, d or w (90s, 15m, 2h, 3d)")
+        return None
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
@@ -88,7 +89,8 @@ def _provider(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     try:
         return get_provider_class(value).name
     except ConfigurationError as exc:
-        raise click.BadParameter(str(exc)) from None
+        _fail(str(exc))
+        return None
 
 
 @click.group()
