@@ -44,27 +44,33 @@ def sweep() -> None:
 
 @app.task(name="exports.track", acks_late=True)
 def track(
-    provider: str,
-    export_id: str,
+    provider: str | None = None,
+    export_id: str | None = None,
     account: str | None = None,
     on_complete: dict[str, Any] | None = None,
     on_failure: dict[str, Any] | None = None,
     metadata: dict[str, Any] | None = None,
     timeout: float | None = None,
     tracking_id: str | None = None,
+    **unexpected: Any,
 ) -> str | None:
     """`track_export` by task name, for services that do not import this package.
 
     The caller may not read results, so a refusal is told to it: `on_failure` gets a record
     in state `refused` with the error's kind and message, and the refusal is logged at WARNING.
+    Missing or unknown arguments are refusals too, not a TypeError only this log would show.
     """
     from export_poller.api import track_export
     from export_poller.providers.errors import ConfigurationError
 
     try:
+        if unexpected:
+            raise ConfigurationError(
+                f"exports.track has no argument {', '.join(sorted(unexpected))}"
+            )
         return track_export(
-            provider,
-            export_id,
+            provider,  # type: ignore[arg-type]  # checked there: a clear refusal if None
+            export_id,  # type: ignore[arg-type]
             account=account,
             on_complete=on_complete,
             on_failure=on_failure,

@@ -346,3 +346,23 @@ def test_the_demo_ignores_a_fleets_settings(monkeypatch: pytest.MonkeyPatch) -> 
     assert "POLLER_CALLBACK_QUEUE" not in env
     assert env["POLLER_QUEUE"] == names.queue != Private().queue
     assert env["POLLER_KEY_PREFIX"] == names.prefix and names.prefix != "ep"
+
+
+def test_a_track_by_name_with_unknown_or_missing_arguments_is_a_refusal_too(
+    settings_box: dict[str, Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent: list[dict[str, Any]] = []
+
+    class FakeSignature:
+        def __init__(self, sig: dict[str, Any], app: Any) -> None:
+            pass
+
+        def apply_async(self, args: tuple[Any, ...]) -> None:
+            sent.append(args[0])
+
+    monkeypatch.setattr(jobs, "signature", FakeSignature)
+    failure = {"task": "myapp.export_failed", "options": {"queue": "myapp"}}
+    jobs.track.run("cometly", "4", on_failure=failure, correlation_id="x")
+    jobs.track.run(on_failure=failure)
+    assert [r["error"]["kind"] for r in sent] == ["configuration_error", "unknown_provider"]
+    assert sent[0]["error"]["message"] == "exports.track has no argument correlation_id"
