@@ -122,8 +122,9 @@ class Engine:
 
     # -- tracking ----------------------------------------------------------------------------
 
-    def track(self, fields: dict[str, Any], timeout: float) -> str:
-        """Store a new record (or find the active one) and send its first poll now."""
+    def track(self, fields: dict[str, Any], timeout: float, tracking_id: str | None = None) -> str:
+        """Store a new record (or find the active one) and send its first poll now; with a
+        caller-chosen id, "" means that id is already used by another export."""
         now = clock.now()
         token = uuid.uuid4().hex[:16]
         record = {
@@ -137,8 +138,9 @@ class Engine:
             "next_poll_at": now,
             "token": token,
         }
-        created, tid = self.store.track(
-            uuid.uuid4().hex[:20], record, rescue_at=now + self.settings.rescue_grace
+        store_track = self.store.track_as if tracking_id else self.store.track
+        created, tid = store_track(
+            tracking_id or uuid.uuid4().hex[:20], record, rescue_at=now + self.settings.rescue_grace
         )
         if created:
             self.send_poll([(tid, token)], 0.0)

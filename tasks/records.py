@@ -75,7 +75,22 @@ def public_view(tid: str, fields: dict[str, str]) -> dict[str, Any]:
     for name in _FLOATS:
         value = fields.get(name)
         view[name] = float(value) if value else None
-    return view
+    return view | _operations(fields)
+
+
+def _operations(fields: dict[str, str]) -> dict[str, Any]:
+    """What operators did to a finished record (refresh, redeliver) and delivery warnings;
+    present only when they happened, so the usual record keeps its shape."""
+    out: dict[str, Any] = {}
+    for name in ("redeliveries", "refreshes"):
+        if fields.get(name):
+            out[name] = int(fields[name])
+    for name in ("redelivered_at", "refreshed_at"):
+        if fields.get(name):
+            out[name] = float(fields[name])
+    if fields.get("warning"):
+        out["warning"] = fields["warning"]
+    return out
 
 
 def _status(fields: dict[str, str]) -> dict[str, Any] | None:

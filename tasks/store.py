@@ -202,6 +202,28 @@ end
 return out
 """
 
+# A caller-chosen id: a repeat with the same (account, export id) is the same tracking; an id
+# already used by another export is refused (""), never overwritten.
+_TRACK_AS = (
+    """
+local taken = redis.call('HGET', KEYS[2], 'idem')
+if taken then
+  if taken == ARGV[2] then return {0, ARGV[1]} end
+  return {0, ''}
+end
+"""
+    + _TRACK
+)
+
+# A finished export answered again (`refresh`) or its callback sent again (`redeliver`): only a
+# finished record changes, and the counter says how often.  ARGV: counter field, then pairs.
+_NOTE_FINISHED = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state or state == 'pending' or state == 'running' then return -1 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+return redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+"""
+
 _CLAIM_OUTBOX = """
 local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not s or tonumber(s) > tonumber(ARGV[2]) then return false end
@@ -289,6 +311,8 @@ class Store:
         self._claim_due = client.register_script(_CLAIM_DUE)
         self._release = client.register_script(_RELEASE)
         self._claim_outbox = client.register_script(_CLAIM_OUTBOX)
+        self._track_as = client.register_script(_TRACK_AS)
+        self._note_finished = client.register_script(_NOTE_FINISHED)
 
     def key(self, tid: str) -> str:
         return f"{self.prefix}:x:{tid}"
@@ -327,6 +351,25 @@ class Store:
         keys = [self.idem, self.key(tid), self.sched, self.metrics, self.due_key(account)]
         created, existing = self._track(keys=keys, args=args)
         return bool(created), _text(existing)
+
+    def track_as(
+        self, tid: str, fields: Mapping[str, Any], *, rescue_at: float
+    ) -> tuple[bool, str]:
+        """`track` under a caller-chosen id: (False, tid) for a repeat of the same export,
+        (False, other) if the export is active under another id, (False, "") if the id is taken."""
+        account, export_id = str(fields["account"]), str(fields["export_id"])
+        digest = idem_digest(account, export_id)
+        args: list[Arg] = [tid, digest, rescue_at, _encode(fields["next_poll_at"])]
+        args += [f"{self.prefix}:x:", *_pairs({**fields, "idem": digest})]
+        keys = [self.idem, self.key(tid), self.sched, self.metrics, self.due_key(account)]
+        created, existing = self._track_as(keys=keys, args=args)
+        return bool(created), _text(existing)
+
+    def note_finished(self, tid: str, counter: str, fields: Mapping[str, Any]) -> int | None:
+        """Write fields on a finished record and count the event; None if it is not finished."""
+        args: list[Arg] = [counter, *_pairs(fields)]
+        count = int(self._note_finished(keys=[self.key(tid)], args=args))
+        return None if count < 0 else count
 
     def claim(
         self, tid: str, token: str, claim_id: str, *, now: float, lease_until: float
@@ -454,6 +497,16 @@ class Store:
         cut = len(self.prefix) + 3
         for key in self.r.scan_iter(match=f"{self.prefix}:x:*", count=count):
             yield _text(key)[cut:]
+
+    def ids_with_prefix(self, prefix: str, limit: int = 10) -> list[str]:
+        """Tracking ids starting with `prefix` (an operator's shortened id), at most `limit`;
+        a SCAN, so for the CLI only. The prefix must hold no glob characters."""
+        cut, found = len(self.prefix) + 3, []
+        for key in self.r.scan_iter(match=f"{self.prefix}:x:{prefix}*", count=1000):
+            found.append(_text(key)[cut:])
+            if len(found) >= limit:
+                break
+        return sorted(found)
 
     def metric_fields(self) -> dict[str, float]:
         raw = cast(dict[Any, Any], self.r.hgetall(self.metrics))
