@@ -1,9 +1,11 @@
 """Fleet-wide admission per account, shared by every worker through Redis.
 
-Two guards run before a request leaves: the account's rate limit (the `limits` library, moving
-window, Redis storage: Celery's own `rate_limit` is per worker and cannot honour a provider's
-global cap) and a circuit breaker that pauses all of an account's polls together when its
-answers are mostly 5xx or timeouts. A held-back poll is rescheduled, never busy-waited.
+Three guards run before a request leaves: an account hold (a provider's 429 speaks for the
+whole account, so every worker waits until its `Retry-After` / `X-RateLimit-Reset`), the
+account's rate limit (the `limits` library, moving window, Redis storage: Celery's own
+`rate_limit` is per worker and cannot honour a provider's global cap) and a circuit breaker that
+pauses all of an account's polls together when its answers are mostly 5xx or timeouts. A
+held-back poll is rescheduled, never busy-waited.
 """
 
 from __future__ import annotations
@@ -20,13 +22,25 @@ from limits.strategies import MovingWindowRateLimiter
 from export_poller import policy
 from export_poller.config.settings import Settings
 
+# Extend an account's hold only forward (two workers' 429s: the later time wins) and count it.
+# KEYS: hold key, metrics hash. ARGV: until, milliseconds to keep the key, metrics field.
+_HOLD = """
+local old = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) <= old then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
+return 1
+"""
+
 
 class AccountGuard:
     def __init__(self, settings: Settings, client: redis.Redis) -> None:
         self.settings = settings
         self.r = client
         self.prefix = f"{settings.key_prefix}:brk"
+        self.metrics = f"{settings.key_prefix}:metrics"
         self._limiter: MovingWindowRateLimiter | None = None
+        self._hold = client.register_script(_HOLD)
 
     @property
     def limiter(self) -> MovingWindowRateLimiter:
@@ -42,13 +56,13 @@ class AccountGuard:
     def admit(self, account: str, now: float, *, breaker: bool = True) -> float | None:
         """None to go ahead (one request of budget is spent), or how many seconds to wait.
 
-        `breaker=False` skips reading the breaker: a train reads it before its first request
-        and after a failure, not before every request of a healthy run.
+        `breaker=False` skips reading the hold and the breaker: a train reads them before its
+        first request, after a failure and every quarter second, not before every request.
         """
         if breaker:
-            open_until = self.r.get(f"{self.prefix}:{account}:open")
-            if open_until is not None and float(cast(Any, open_until)) > now:
-                return float(cast(Any, open_until)) - now
+            wait = self.blocked(account, now)
+            if wait is not None:
+                return wait
         item = (
             _limit(self.settings.accounts[account].rate_limit)
             if account in self.settings.accounts
@@ -58,6 +72,30 @@ class AccountGuard:
             return None
         reset = self.limiter.get_window_stats(item, account).reset_time
         return max(0.05, reset - time.time())
+
+    def blocked(self, account: str, now: float) -> float | None:
+        """Seconds until the account's hold ends or its breaker closes, whichever is later."""
+        base = f"{self.prefix}:{account}"
+        values = cast(list[Any], self.r.mget(f"{base}:open", f"{base}:hold"))
+        until = max((float(v) for v in values if v is not None), default=0.0)
+        return until - now if until > now else None
+
+    def hold(self, account: str, until: float, now: float) -> bool:
+        """Hold the account fleet-wide until `until` (Unix time); True if that moved it on."""
+        keep_ms = max(1, int((until - now) * 1000)) + 1000
+        field = f"holds|{account}"
+        return bool(
+            self._hold(
+                keys=[f"{self.prefix}:{account}:hold", self.metrics],
+                args=[repr(until), keep_ms, field],
+            )
+        )
+
+    def held_until(self, account: str, now: float) -> float | None:
+        """When the account's hold ends, if it is held now (for status and metrics)."""
+        value = self.r.get(f"{self.prefix}:{account}:hold")
+        until = float(cast(Any, value)) if value is not None else 0.0
+        return until if until > now else None
 
     def record(self, account: str, now: float, *, calls: int = 1, failures: int = 0) -> bool:
         """Count answers (`failures` of `calls` were 5xx or timeouts); True when they tripped

@@ -1,0 +1,176 @@
+"""Bulk requests with a poison id, account-wide holds and strict not-before times."""
+
+from __future__ import annotations
+
+import fakeredis
+import pytest
+
+from export_poller import policy
+from export_poller.engine import Engine
+from export_poller.providers import errors
+from export_poller.providers.models import ExportStatus
+from tests.unit.conftest import Broker, Clock, ScriptedProvider
+from tests.unit.test_guards import make_engine, make_settings, one_train, track
+
+Answer = ExportStatus | errors.ProviderError
+
+
+class PoisonBulk(ScriptedProvider):
+    """A bulk provider whose whole request fails (`failure`) whenever it names a poison id."""
+
+    batch_size = 100
+
+    def __init__(self, poison: set[str], failure: errors.ProviderError) -> None:
+        super().__init__()
+        self.poison, self.failure = poison, failure
+        self.requests: list[list[str]] = []
+
+    def fetch_many(self, export_ids: list[str]) -> dict[str, Answer]:
+        self.requests.append(list(export_ids))
+        if self.poison & set(export_ids):
+            raise self.failure
+        return {e: ExportStatus(state="completed") for e in export_ids}
+
+
+def run(
+    client: fakeredis.FakeRedis,
+    provider: ScriptedProvider,
+    broker: Broker,
+    count: int,
+    **kw: object,
+) -> tuple[Engine, list[str]]:
+    engine = make_engine(make_settings(**kw), client, provider, broker)
+    tids = [track(engine, f"e{i}") for i in range(count)]
+    one_train(engine, broker)
+    return engine, tids
+
+
+def states(engine: Engine, tids: list[str]) -> list[str]:
+    return [(engine.get(t) or {})["state"] for t in tids]
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        errors.Rejected("400", status_code=400),
+        errors.ServerError("500", status_code=500),
+        errors.BadResponse("not JSON"),
+        errors.NotFound("404", status_code=404),
+    ],
+    ids=["400", "500", "off-spec", "404"],
+)
+def test_a_poison_id_is_found_by_bisecting_and_its_neighbours_complete(
+    redis_client: fakeredis.FakeRedis,
+    broker: Broker,
+    fake_clock: Clock,
+    failure: errors.ProviderError,
+) -> None:
+    provider = PoisonBulk({"e37"}, failure)
+    engine, tids = run(redis_client, provider, broker, 100)
+    got = states(engine, tids)
+    assert got.count("completed") == 99 and got[37] == "pending"
+    assert len(provider.requests) <= 1 + 2 * 7  # O(log n): two requests per level
+    assert ["e37"] in provider.requests
+    record = engine.get(tids[37]) or {}
+    assert record["error"]["kind"] in ("poisoned", "rejected", "not_found")
+    assert engine.guard and engine.guard.state("scripted", fake_clock()) == "closed"
+
+
+def test_the_poison_id_fails_alone_after_the_usual_confirmations(
+    redis_client: fakeredis.FakeRedis, broker: Broker, fake_clock: Clock
+) -> None:
+    provider = PoisonBulk({"e3"}, errors.ServerError("500", status_code=500))
+    engine = make_engine(make_settings(), redis_client, provider, broker)
+    tids = [track(engine, f"e{i}") for i in range(8)]
+    for _ in range(3):  # each round the poison is found again; neighbours finished in round 1
+        one_train(engine, broker)
+        fake_clock.advance(30)
+        engine.sweep()
+    got = states(engine, tids)
+    assert got[3] == "failed" and got.count("completed") == 7
+    record = engine.get(tids[3]) or {}
+    assert record["error"]["kind"] == "poisoned" and record["attempts"] == 3
+
+
+def test_auth_failures_rate_limits_and_maintenance_are_never_bisected(
+    redis_client: fakeredis.FakeRedis, broker: Broker, fake_clock: Clock
+) -> None:
+    for failure in (
+        errors.CredentialsRefused("401", status_code=401),
+        errors.RateLimited("429", retry_after=5),
+        errors.Maintenance("503 code 0", status_code=503),
+        errors.TransportError("timeout"),
+    ):
+        provider = PoisonBulk({"e1"}, failure)
+        redis_client.flushall()
+        run(redis_client, provider, broker, 50)
+        assert len(provider.requests) == 1, failure.kind
+        broker.take_messages()
+
+
+def test_an_outage_costs_a_bounded_number_of_requests_and_trips_the_breaker(
+    redis_client: fakeredis.FakeRedis, broker: Broker, fake_clock: Clock
+) -> None:
+    provider = PoisonBulk({f"e{i}" for i in range(100)}, errors.ServerError("502"))
+    engine, tids = run(redis_client, provider, broker, 100)
+    assert len(provider.requests) <= 1 + policy.bisect_budget(100)
+    assert set(states(engine, tids)) == {"pending"}
+    assert all((engine.get(t) or {})["error"]["kind"] == "server_error" for t in tids)
+    assert engine.guard and engine.guard.state("scripted", fake_clock()) == "open"
+
+
+def test_a_429_holds_the_whole_account_fleet_wide_until_its_stated_time(
+    redis_client: fakeredis.FakeRedis, broker: Broker, fake_clock: Clock
+) -> None:
+    provider = ScriptedProvider()
+    provider.script("e2", errors.RateLimited("429", retry_after=7))
+    engine, tids = run(redis_client, provider, broker, 6)
+    assert provider.calls == ["e0", "e1", "e2"]  # the rest of the train waited with it
+    assert engine.guard
+    held = engine.guard.held_until("scripted", fake_clock())
+    assert held == pytest.approx(fake_clock() + 7)
+    for tid in tids[2:]:
+        record = engine.get(tid) or {}
+        assert record["not_before"] >= fake_clock() + 7
+        assert record["account_held_until"] == pytest.approx(held)
+    other = make_engine(make_settings(), redis_client, provider, broker)  # another worker
+    tid = track(other, "late")
+    [(pairs, _)] = broker.messages[-1:]
+    other.poll(*pairs[0])
+    assert "late" not in provider.calls and (other.get(tid) or {})["not_before"] >= held
+    assert redis_client.hget("ep:metrics", "holds|scripted") == b"1"
+
+
+def test_a_poll_never_runs_before_a_providers_stated_time(
+    redis_client: fakeredis.FakeRedis, broker: Broker, fake_clock: Clock
+) -> None:
+    provider = ScriptedProvider()
+    provider.script("e0", errors.RateLimited("429", retry_after=4), "completed")
+    engine, [tid] = run(redis_client, provider, broker, 1)
+    not_before = (engine.get(tid) or {})["not_before"]
+    [(pairs, countdown)] = broker.take_messages()
+    assert countdown >= 4
+    fake_clock.advance(3)  # early by one second: our own backoff would allow it, this not
+    assert engine.poll(*pairs[0]) == "wait"
+    assert provider.calls == ["e0"]
+    [(again, countdown)] = broker.take_messages()  # re-sent for the stated time
+    assert again == pairs and fake_clock() + countdown == pytest.approx(not_before, abs=0.01)
+    fake_clock.advance(countdown)
+    assert engine.poll(*again[0]) == "completed"
+
+
+def test_a_train_takes_no_export_along_before_its_stated_time(
+    redis_client: fakeredis.FakeRedis, broker: Broker, fake_clock: Clock
+) -> None:
+    provider = ScriptedProvider()
+    provider.script("x", errors.RateLimited("429", retry_after=2), "running")
+    engine = make_engine(make_settings(backoff_floor=5), redis_client, provider, broker)
+    engine.rand = lambda: 0.6  # the held export comes back 0.3 s after the hold ends
+    x, a = track(engine, "x"), track(engine, "a")
+    one_train(engine, broker)
+    assert provider.calls == ["x"]
+    [(pairs, _)] = [m for m in broker.take_messages() if m[0][0][0] == x]
+    fake_clock.advance(2.1)  # past x's time, before a's; a is due within the floor (5 s)
+    engine.poll(*pairs[0])
+    assert provider.calls == ["x", "x"]
+    assert (engine.get(a) or {})["attempts"] == 0
