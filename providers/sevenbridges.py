@@ -89,6 +89,8 @@ class _Bulk(BaseModel):
 class SevenBridges(Provider):
     """What every Seven Bridges platform shares: auth, job reading, error bodies."""
 
+    required_credentials = ("token",)
+
     def auth(self) -> AuthBase:
         return SevenBridgesAuth(self.require("token"))
 

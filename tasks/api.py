@@ -40,7 +40,7 @@ def track_export(
         raise errors.UnknownProvider(f"provider must be a string, got {type(provider).__name__}")
     cls = get_provider_class(provider)
     account_name = _account_name(account, cls.name)
-    _check_account(account_name, cls.name)
+    cls.check_account(account_name, _check_account(account_name, cls.name))
     cls.validate_export_id(export_id)
     fields = {
         "provider": cls.name,

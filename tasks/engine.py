@@ -19,7 +19,7 @@ from export_poller import clock, policy
 from export_poller.config.settings import Settings
 from export_poller.guards import AccountGuard
 from export_poller.providers import errors
-from export_poller.providers.base import Provider
+from export_poller.providers.base import Budget, Provider
 from export_poller.providers.models import ExportStatus
 from export_poller.providers.registry import get_provider_class
 from export_poller.records import (
@@ -323,7 +323,7 @@ class Engine:
                 queue.extendleft(reversed(split))
                 continue
             outcomes |= answers
-            self._after_request(account, run, answers, group, whole)
+            self._after_request(account, run, answers, group, whole, provider.last_budget())
         self._close_run(account, run, outcomes)
         return outcomes
 
@@ -357,9 +357,14 @@ class Engine:
         answers: dict[str, Outcome],
         group: _Bisect | None,
         whole: errors.ProviderError | None,
+        budget: Budget | None,
     ) -> None:
-        """Hold the account on a 429 and count the answer toward the breaker."""
+        """Hold the account on a 429 or a spent budget; count the answer toward the breaker."""
         self._maybe_hold(account, run, answers.values())
+        if budget is not None:
+            until = policy.budget_hold(budget.remaining, budget.limit, budget.reset_at, clock.now())
+            if until is not None and until > run.hold_until:
+                self._hold(account, run, until, "budget")
         if group is not None:  # counted when its bisection is over, when we know what it was
             group.requests.append(list(answers))
             group.answered = group.answered or whole is None
@@ -379,13 +384,18 @@ class Engine:
             for o in outcomes
             if isinstance(o, errors.RateLimited) and not isinstance(o, errors.Throttled)
         ]
-        if not waits:
-            return
+        if waits:
+            self._hold(account, run, clock.now() + max(waits), "429")
+
+    def _hold(self, account: str, run: _Run, until: float, reason: str) -> None:
         now = clock.now()
-        run.hold_until = max(run.hold_until, now + max(waits))
+        run.hold_until = max(run.hold_until, until)
         if self.guard:
-            self.guard.hold(account, run.hold_until, now)
-        log.warning("account held account=%s seconds=%.1f", account, run.hold_until - now)
+            self.guard.hold(account, run.hold_until, now, reason=reason)
+        level = logging.WARNING if reason == "429" else logging.INFO
+        log.log(
+            level, "account held account=%s reason=%s seconds=%.1f", account, reason, until - now
+        )
 
     def _close_run(self, account: str, run: _Run, outcomes: dict[str, Outcome]) -> None:
         """Settle what bisecting found, and count the run toward the breaker honestly: every
@@ -590,9 +600,18 @@ def _ids(claims: list[Claim]) -> list[str]:
     return [c.tracking_id for c in claims]
 
 
+_LOUD = {
+    errors.CredentialsRefused.kind: logging.ERROR,
+    errors.Misconfigured.kind: logging.ERROR,
+    errors.Poisoned.kind: logging.WARNING,
+}
+
+
 def _log_poll(plan: _Plan) -> None:
+    """One line per poll; an account problem an operator must fix is logged loudly."""
     rec, delay = plan.write.claim.fields, plan.delay
-    log.info(
+    log.log(
+        _LOUD.get(plan.write.outcome, logging.INFO),
         "poll tracking_id=%s provider=%s account=%s outcome=%s state=%s attempts=%s next_delay=%s",
         plan.write.claim.tracking_id,
         rec.get("provider"),

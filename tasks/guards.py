@@ -80,10 +80,11 @@ class AccountGuard:
         until = max((float(v) for v in values if v is not None), default=0.0)
         return until - now if until > now else None
 
-    def hold(self, account: str, until: float, now: float) -> bool:
-        """Hold the account fleet-wide until `until` (Unix time); True if that moved it on."""
+    def hold(self, account: str, until: float, now: float, *, reason: str = "429") -> bool:
+        """Hold the account fleet-wide until `until` (Unix time); True if that moved it on.
+        `reason` is "429" (the provider said so) or "budget" (its stated budget is spent)."""
         keep_ms = max(1, int((until - now) * 1000)) + 1000
-        field = f"holds|{account}"
+        field = f"holds|{account}|{reason}"
         return bool(
             self._hold(
                 keys=[f"{self.prefix}:{account}:hold", self.metrics],

@@ -299,3 +299,21 @@ def isolate(exc: Outcome, *, neighbours_answered: bool) -> Outcome:
 def counts_as_failure(outcome: Outcome) -> bool:
     """An answer the breaker counts against the provider: 5xx or no answer at all."""
     return isinstance(outcome, errors.ServerError | errors.TransportError)
+
+
+# -- pacing: staying inside an account's budget ---------------------------------------------------
+
+BUDGET_RESERVE_SHARE = 0.03
+
+
+def budget_hold(remaining: int, limit: int | None, reset_at: float, now: float) -> float | None:
+    """When a provider states its budget, the time to hold the account until, or None.
+
+    The fleet spends the window's budget and stops when what is left is a small reserve (3%
+    of the limit, at least one request): requests other workers already have in flight land
+    in the reserve instead of drawing a 429. It resumes when the window resets.
+    """
+    reserve = max(1, math.ceil((limit or 0) * BUDGET_RESERVE_SHARE))
+    if remaining > reserve or reset_at <= now:
+        return None
+    return reset_at

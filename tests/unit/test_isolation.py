@@ -8,6 +8,7 @@ import pytest
 from export_poller import policy
 from export_poller.engine import Engine
 from export_poller.providers import errors
+from export_poller.providers.base import Budget
 from export_poller.providers.models import ExportStatus
 from tests.unit.conftest import Broker, Clock, ScriptedProvider
 from tests.unit.test_guards import make_engine, make_settings, one_train, track
@@ -138,7 +139,7 @@ def test_a_429_holds_the_whole_account_fleet_wide_until_its_stated_time(
     [(pairs, _)] = broker.messages[-1:]
     other.poll(*pairs[0])
     assert "late" not in provider.calls and (other.get(tid) or {})["not_before"] >= held
-    assert redis_client.hget("ep:metrics", "holds|scripted") == b"1"
+    assert redis_client.hget("ep:metrics", "holds|scripted|429") == b"1"
 
 
 def test_a_poll_never_runs_before_a_providers_stated_time(
@@ -174,3 +175,29 @@ def test_a_train_takes_no_export_along_before_its_stated_time(
     engine.poll(*pairs[0])
     assert provider.calls == ["x", "x"]
     assert (engine.get(a) or {})["attempts"] == 0
+
+
+def test_a_stated_budget_spent_holds_the_account_until_it_resets_without_a_429(
+    redis_client: fakeredis.FakeRedis, broker: Broker, fake_clock: Clock
+) -> None:
+    provider = ScriptedProvider()
+    provider.budget = Budget(limit=30, remaining=1, reset_at=fake_clock() + 8)
+    engine, tids = run(redis_client, provider, broker, 5)
+    assert provider.calls == ["e0"]  # one left is the reserve for requests in flight
+    assert engine.guard and engine.guard.held_until("scripted", fake_clock()) == pytest.approx(
+        fake_clock() + 8
+    )
+    assert all((engine.get(t) or {})["not_before"] >= fake_clock() + 8 for t in tids[1:])
+    assert redis_client.hget("ep:metrics", "holds|scripted|budget") == b"1"
+    provider.budget = Budget(limit=30, remaining=20, reset_at=fake_clock() + 8)
+    redis_client.flushall()
+    run(redis_client, provider, broker, 5)
+    assert len(provider.calls) == 6  # plenty left: no hold
+
+
+def test_budget_arithmetic() -> None:
+    assert policy.budget_hold(2, 30, 110.0, 100.0) is None
+    assert policy.budget_hold(1, 30, 110.0, 100.0) == 110.0
+    assert policy.budget_hold(30, 1000, 400.0, 100.0) == 400.0  # 3% of a large budget
+    assert policy.budget_hold(0, None, 110.0, 100.0) == 110.0
+    assert policy.budget_hold(0, 30, 90.0, 100.0) is None  # already reset
