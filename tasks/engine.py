@@ -107,6 +107,7 @@ class _Run:
     checked_at: float = float("-inf")
     must_check: bool = True
     hold_until: float = 0.0
+    pace: float | None = None
     groups: list[_Bisect] = field(default_factory=list)
 
 
@@ -222,6 +223,7 @@ class Engine:
         view = public_view(tid, fields)
         if self.guard is not None and view["state"] in policy.ACTIVE_STATES:
             view["account_held_until"] = self.guard.held_until(fields["account"], clock.now())
+            view["account_pace"] = self.guard.pace(fields["account"], clock.now())
         return view
 
     # -- one poll ----------------------------------------------------------------------------
@@ -338,10 +340,16 @@ class Engine:
             return run.hold_until - now
         if self.guard is None:
             return None
-        fresh = run.must_check or now - run.checked_at >= _GATE_REFRESH
-        if fresh:
+        if run.must_check or now - run.checked_at >= _GATE_REFRESH:
             run.checked_at, run.must_check = now, False
-        return self.guard.admit(account, now, breaker=fresh)
+            wait, run.pace = self.guard.check(account, now)
+            if wait is not None:
+                return wait
+        if run.pace is not None:  # learned from 429s: one slot per request, fleet-wide
+            wait = self.guard.take(account, now, run.pace)
+            if wait is not None:
+                return wait
+        return self.guard.admit(account, now, breaker=False)
 
     def _held(self, account: str, wait: float) -> errors.Throttled:
         return errors.Throttled(
@@ -360,7 +368,7 @@ class Engine:
         budget: Budget | None,
     ) -> None:
         """Hold the account on a 429 or a spent budget; count the answer toward the breaker."""
-        self._maybe_hold(account, run, answers.values())
+        self._maybe_hold(account, run, answers.values(), stated=budget is not None)
         if budget is not None:
             until = policy.budget_hold(budget.remaining, budget.limit, budget.reset_at, clock.now())
             if until is not None and until > run.hold_until:
@@ -377,15 +385,22 @@ class Engine:
                 log.warning("breaker open account=%s", account)
             run.calls = 0
 
-    def _maybe_hold(self, account: str, run: _Run, outcomes: Iterable[Outcome]) -> None:
-        """A provider's 429 speaks for the whole account: every worker waits until its time."""
+    def _maybe_hold(
+        self, account: str, run: _Run, outcomes: Iterable[Outcome], *, stated: bool
+    ) -> None:
+        """A provider's 429 speaks for the whole account: every worker waits until its time.
+        Where the provider states no budget, the 429 also slows the account's pace."""
         waits = [
             o.retry_after
             for o in outcomes
             if isinstance(o, errors.RateLimited) and not isinstance(o, errors.Throttled)
         ]
-        if waits:
-            self._hold(account, run, clock.now() + max(waits), "429")
+        if not waits:
+            return
+        self._hold(account, run, clock.now() + max(waits), "429")
+        if not stated and self.guard:
+            run.pace = self.guard.slow_down(account, clock.now())
+            log.warning("account paced account=%s rate=%.2f/s", account, run.pace)
 
     def _hold(self, account: str, run: _Run, until: float, reason: str) -> None:
         now = clock.now()

@@ -33,6 +33,20 @@ return 1
 """
 
 
+# A learned pace, fleet-wide: GCRA (one "theoretical arrival time" per account). A request may
+# go when the account's arrival time is at most `tolerance` seconds ahead of now; each one
+# pushes it on by one interval. KEYS: the time key. ARGV: now, interval, tolerance.
+# Returns "" to go, or the seconds to wait.
+_PACE = """
+local now, interval, tolerance = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
+if tat - now > tolerance then return tostring(tat - tolerance - now) end
+local keep = math.ceil((tat + interval - now + tolerance) * 1000) + 1000
+redis.call('SET', KEYS[1], tostring(tat + interval), 'PX', keep)
+return ''
+"""
+
+
 class AccountGuard:
     def __init__(self, settings: Settings, client: redis.Redis) -> None:
         self.settings = settings
@@ -41,6 +55,7 @@ class AccountGuard:
         self.metrics = f"{settings.key_prefix}:metrics"
         self._limiter: MovingWindowRateLimiter | None = None
         self._hold = client.register_script(_HOLD)
+        self._pace = client.register_script(_PACE)
 
     @property
     def limiter(self) -> MovingWindowRateLimiter:
@@ -75,10 +90,42 @@ class AccountGuard:
 
     def blocked(self, account: str, now: float) -> float | None:
         """Seconds until the account's hold ends or its breaker closes, whichever is later."""
+        return self.check(account, now)[0]
+
+    def check(self, account: str, now: float) -> tuple[float | None, float | None]:
+        """In one round trip: how long the account must wait (hold, open breaker), and its
+        learned pace in requests per second (None while it has none)."""
         base = f"{self.prefix}:{account}"
-        values = cast(list[Any], self.r.mget(f"{base}:open", f"{base}:hold"))
-        until = max((float(v) for v in values if v is not None), default=0.0)
-        return until - now if until > now else None
+        values = cast(list[Any], self.r.mget(f"{base}:open", f"{base}:hold", f"{base}:pace"))
+        until = max((float(v) for v in values[:2] if v is not None), default=0.0)
+        return (until - now if until > now else None), _pace(values[2], now)
+
+    def take(self, account: str, now: float, rate: float) -> float | None:
+        """One request's slot at the account's learned pace: None to go, or seconds to wait."""
+        args = [repr(now), repr(1.0 / rate), repr(policy.pace_tolerance(rate))]
+        wait = _text(self._pace(keys=[f"{self.prefix}:{account}:tat"], args=args))
+        return float(wait) if wait else None
+
+    def slow_down(self, account: str, now: float) -> float:
+        """A 429 from a provider that states no budget: pace the account at 70% of what the
+        fleet was sending (measured by the breaker's counts); returns the new pace."""
+        s, base = self.settings, f"{self.prefix}:{account}"
+        window = int(now // s.breaker_window)
+        calls = cast(list[Any], self.r.mget(f"{base}:t:{window}", f"{base}:t:{window - 1}"))
+        sent = policy.sent_rate(
+            sum(int(c) for c in calls if c is not None),
+            window * s.breaker_window,
+            s.breaker_window,
+            now,
+        )
+        current = _pace(self.r.get(f"{base}:pace"), now)
+        rate = policy.slowed_rate(current, sent)
+        self.r.set(f"{base}:pace", f"{rate!r}|{now!r}", ex=int(policy.PACE_MEMORY))
+        return rate
+
+    def pace(self, account: str, now: float) -> float | None:
+        """The account's learned pace now, if it has one (for status and metrics)."""
+        return _pace(self.r.get(f"{self.prefix}:{account}:pace"), now)
 
     def hold(self, account: str, until: float, now: float, *, reason: str = "429") -> bool:
         """Hold the account fleet-wide until `until` (Unix time); True if that moved it on.
@@ -139,3 +186,15 @@ class AccountGuard:
 @cache
 def _limit(text: str | None) -> limits.RateLimitItem | None:
     return limits.parse(text) if text else None
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value or "")
+
+
+def _pace(value: Any, now: float) -> float | None:
+    """A stored pace "rate|since", grown back to what it is now."""
+    if value is None:
+        return None
+    rate, _, since = _text(value).partition("|")
+    return policy.paced_rate(float(rate), float(since), now)

@@ -88,6 +88,7 @@ class PollerCollector(Collector):
         yield self._lag(grouped)
         yield self._breakers()
         yield self._holds()
+        yield self._paces()
         counts = self.engine.store.counts()
         yield GaugeMetricFamily(
             "export_poller_scheduled", "Exports with a scheduled poll", value=counts["scheduled"]
@@ -131,6 +132,19 @@ class PollerCollector(Collector):
         for account in sorted(self.engine.settings.accounts):
             until = guard.held_until(account, now) if guard is not None else None
             gauge.add_metric([account], 0.0 if until is None else until - now)
+        return gauge
+
+    def _paces(self) -> Metric:
+        gauge = GaugeMetricFamily(
+            "export_poller_account_pace",
+            "Requests per second an account is paced at after 429s (absent while unpaced)",
+            labels=["account"],
+        )
+        guard, now = self.engine.guard, time.time()
+        for account in sorted(self.engine.settings.accounts):
+            rate = guard.pace(account, now) if guard is not None else None
+            if rate is not None:
+                gauge.add_metric([account], rate)
         return gauge
 
 

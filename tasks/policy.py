@@ -317,3 +317,36 @@ def budget_hold(remaining: int, limit: int | None, reset_at: float, now: float) 
     if remaining > reserve or reset_at <= now:
         return None
     return reset_at
+
+
+# Where a provider states no budget, a 429 is all it says. The fleet then learns a pace, as the
+# AWS SDKs' adaptive retry mode does: a 429 cuts the rate to 70% of what was being sent
+# (multiplicative decrease), and the rate grows back by 4% of that per second while no 429
+# comes (additive increase), probing for the limit again. A pace not cut for ten minutes is
+# forgotten.
+PACE_DECREASE = 0.7
+PACE_GROWTH = 0.04
+PACE_MEMORY = 600.0
+PACE_MIN = 0.05  # requests per second: a pace never stops an account altogether
+
+
+def paced_rate(rate: float, since: float, now: float) -> float:
+    """The pace now, `now - since` seconds after a 429 set it to `rate` requests per second."""
+    return rate * (1.0 + PACE_GROWTH * max(0.0, now - since))
+
+
+def slowed_rate(current: float | None, sent: float) -> float:
+    """The pace after a 429: 70% of what the fleet was sending (or of its pace, if lower)."""
+    base = sent if current is None else min(current, sent)
+    return max(PACE_MIN, PACE_DECREASE * base)
+
+
+def sent_rate(calls: int, window_start: float, span: float, now: float) -> float:
+    """Requests per second the fleet sent, from the breaker's counts of this window and the
+    one before it (`calls` over the `span`-second window before `window_start` and since)."""
+    return calls / max(1.0, span + now - window_start)
+
+
+def pace_tolerance(rate: float) -> float:
+    """Seconds of burst a pace allows: about one second's worth of requests, at least one."""
+    return max(1.0 / rate, 1.0)

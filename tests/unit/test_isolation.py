@@ -201,3 +201,48 @@ def test_budget_arithmetic() -> None:
     assert policy.budget_hold(30, 1000, 400.0, 100.0) == 400.0  # 3% of a large budget
     assert policy.budget_hold(0, None, 110.0, 100.0) == 110.0
     assert policy.budget_hold(0, 30, 90.0, 100.0) is None  # already reset
+
+
+def test_pace_arithmetic_decreases_on_a_429_and_recovers_gradually() -> None:
+    assert policy.slowed_rate(None, 4.0) == pytest.approx(2.8)  # 70% of what was sent
+    assert policy.slowed_rate(2.0, 4.0) == pytest.approx(1.4)  # or of the pace, if lower
+    assert policy.slowed_rate(None, 0.0) == policy.PACE_MIN
+    assert policy.paced_rate(2.8, 100.0, 100.0) == pytest.approx(2.8)
+    assert policy.paced_rate(2.8, 100.0, 110.0) == pytest.approx(2.8 * 1.4)  # +4% a second
+    assert policy.sent_rate(90, 1020.0, 30.0, 1035.0) == pytest.approx(2.0)
+
+
+def test_a_429_from_a_provider_that_states_no_budget_paces_the_account(
+    redis_client: fakeredis.FakeRedis, broker: Broker, fake_clock: Clock
+) -> None:
+    provider = ScriptedProvider()
+    provider.script("e0", errors.RateLimited("429", retry_after=2), "running")
+    engine = make_engine(make_settings(), redis_client, provider, broker)
+    assert engine.guard
+    redis_client.set(f"ep:brk:scripted:t:{int(fake_clock() // 30)}", 60)  # ~2/s were sent
+    engine.guard.slow_down("scripted", fake_clock())
+    rate = engine.guard.pace("scripted", fake_clock())
+    assert rate is not None and 0.5 < rate < 2.0
+    fake_clock.advance(2.5)
+    tids = [track(engine, f"p{i}") for i in range(6)]
+    one_train(engine, broker)
+    assert len(provider.calls) <= 2  # about one second's worth at the pace, not all six
+    waiting = [(engine.get(t) or {}) for t in tids if (engine.get(t) or {})["attempts"] == 0]
+    assert waiting and all(r["error"]["kind"] == "throttled" for r in waiting)
+    fake_clock.advance(60)  # a minute without a 429: the pace has grown back 3.4x
+    later = engine.guard.pace("scripted", fake_clock())
+    assert later == pytest.approx(rate * (1 + 0.04 * 62.5))
+
+
+def test_the_pace_slots_are_shared_by_every_worker(
+    redis_client: fakeredis.FakeRedis, fake_clock: Clock
+) -> None:
+    from export_poller.guards import AccountGuard
+
+    one, two = (AccountGuard(make_settings(), redis_client) for _ in range(2))
+    now = fake_clock()
+    granted = [g.take("scripted", now, 2.0) is None for g in (one, two, one, two)]
+    assert granted == [True, True, True, False]  # 1 s of tolerance at 2/s, then spaced
+    wait = two.take("scripted", now, 2.0)
+    assert wait is not None and wait == pytest.approx(0.5)
+    assert one.take("scripted", now + 0.5, 2.0) is None
