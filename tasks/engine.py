@@ -161,6 +161,7 @@ class Engine:
         self.guard = guard
         self.rand = rand
         self.request_seconds = RequestTimes()
+        self._gate_views: dict[str, tuple[float, float | None, float | None]] = {}
         self.backoff = policy.Backoff(
             settings.backoff_initial,
             settings.backoff_factor,
@@ -222,9 +223,19 @@ class Engine:
             return None
         view = public_view(tid, fields)
         if self.guard is not None and view["state"] in policy.ACTIVE_STATES:
-            view["account_held_until"] = self.guard.held_until(fields["account"], clock.now())
-            view["account_pace"] = self.guard.pace(fields["account"], clock.now())
+            view["account_held_until"], view["account_pace"] = self._account_gate(fields["account"])
         return view
+
+    def _account_gate(self, account: str) -> tuple[float | None, float | None]:
+        """An account's hold and pace for views, read at most once a second per account (a
+        `list` of many exports must not read them once per export)."""
+        now = clock.now()
+        cached = self._gate_views.get(account)
+        if cached is None or cached[0] <= now or self.guard is None:
+            held = self.guard.held_until(account, now) if self.guard else None
+            pace = self.guard.pace(account, now) if self.guard else None
+            cached = self._gate_views[account] = (now + 1.0, held, pace)
+        return cached[1], cached[2]
 
     # -- one poll ----------------------------------------------------------------------------
 

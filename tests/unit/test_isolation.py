@@ -246,3 +246,11 @@ def test_the_pace_slots_are_shared_by_every_worker(
     wait = two.take("scripted", now, 2.0)
     assert wait is not None and wait == pytest.approx(0.5)
     assert one.take("scripted", now + 0.5, 2.0) is None
+
+
+def test_the_table_shows_a_held_account_instead_of_a_countdown() -> None:
+    from export_poller.table import next_poll
+
+    record = {"state": "running", "next_poll_at": 105.0, "account_held_until": 104.0}
+    assert next_poll(record, now=100.0) == "held 4.0s"
+    assert next_poll({**record, "account_held_until": None}, now=100.0) == "5.0s"
