@@ -111,13 +111,11 @@ class AccountGuard:
         fleet was sending (measured by the breaker's counts); returns the new pace."""
         s, base = self.settings, f"{self.prefix}:{account}"
         window = int(now // s.breaker_window)
-        calls = cast(list[Any], self.r.mget(f"{base}:t:{window}", f"{base}:t:{window - 1}"))
-        sent = policy.sent_rate(
-            sum(int(c) for c in calls if c is not None),
-            window * s.breaker_window,
-            s.breaker_window,
-            now,
-        )
+        keys = [f"{base}:{kind}:{w}" for w in (window - 1, window) for kind in ("t", "t0")]
+        old_calls, old_since, calls, since = cast(list[Any], self.r.mget(keys))
+        first = old_since if old_calls is not None and old_since is not None else since
+        total = int(old_calls or 0) + int(calls or 0)
+        sent = policy.sent_rate(total, float(first) if first is not None else now, now)
         current = _pace(self.r.get(f"{base}:pace"), now)
         rate = policy.slowed_rate(current, sent)
         self.r.set(f"{base}:pace", f"{rate!r}|{now!r}", ex=int(policy.PACE_MEMORY))
@@ -155,10 +153,11 @@ class AccountGuard:
         with self.r.pipeline(transaction=False) as pipe:
             pipe.incrby(f"{base}:t:{window}", calls)
             pipe.expire(f"{base}:t:{window}", ttl)
+            pipe.set(f"{base}:t0:{window}", repr(now), nx=True, ex=ttl)  # for the sent rate
             pipe.incrby(f"{base}:f:{window}", failures)
             pipe.expire(f"{base}:f:{window}", ttl)
             pipe.exists(f"{base}:trips")
-            total, _, failed, _, tripped_before = pipe.execute()
+            total, _, _, failed, _, tripped_before = pipe.execute()
         if not policy.breaker_trips(
             total, failed, min_calls=s.breaker_min_calls, ratio=s.breaker_ratio
         ):

@@ -341,10 +341,11 @@ def slowed_rate(current: float | None, sent: float) -> float:
     return max(PACE_MIN, PACE_DECREASE * base)
 
 
-def sent_rate(calls: int, window_start: float, span: float, now: float) -> float:
-    """Requests per second the fleet sent, from the breaker's counts of this window and the
-    one before it (`calls` over the `span`-second window before `window_start` and since)."""
-    return calls / max(1.0, span + now - window_start)
+def sent_rate(calls: int, since: float, now: float) -> float:
+    """Requests per second the fleet sent: the breaker's count of them since `since`, the
+    first count of the oldest window that has one (at least a second, so a first burst reads
+    high, not infinite; a pace set too high is cut again by the next 429)."""
+    return calls / max(1.0, now - since)
 
 
 def pace_tolerance(rate: float) -> float:

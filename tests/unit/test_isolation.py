@@ -209,7 +209,8 @@ def test_pace_arithmetic_decreases_on_a_429_and_recovers_gradually() -> None:
     assert policy.slowed_rate(None, 0.0) == policy.PACE_MIN
     assert policy.paced_rate(2.8, 100.0, 100.0) == pytest.approx(2.8)
     assert policy.paced_rate(2.8, 100.0, 110.0) == pytest.approx(2.8 * 1.4)  # +4% a second
-    assert policy.sent_rate(90, 1020.0, 30.0, 1035.0) == pytest.approx(2.0)
+    assert policy.sent_rate(90, 990.0, 1035.0) == pytest.approx(2.0)
+    assert policy.sent_rate(30, 1035.0, 1035.2) == 30.0  # a first burst: at least a second
 
 
 def test_a_429_from_a_provider_that_states_no_budget_paces_the_account(
@@ -219,10 +220,11 @@ def test_a_429_from_a_provider_that_states_no_budget_paces_the_account(
     provider.script("e0", errors.RateLimited("429", retry_after=2), "running")
     engine = make_engine(make_settings(), redis_client, provider, broker)
     assert engine.guard
-    redis_client.set(f"ep:brk:scripted:t:{int(fake_clock() // 30)}", 60)  # ~2/s were sent
+    engine.guard.record("scripted", fake_clock() - 30, calls=30)  # 60 in 30 s: 2/s were sent
+    engine.guard.record("scripted", fake_clock(), calls=30)
     engine.guard.slow_down("scripted", fake_clock())
     rate = engine.guard.pace("scripted", fake_clock())
-    assert rate is not None and 0.5 < rate < 2.0
+    assert rate == pytest.approx(1.4)
     fake_clock.advance(2.5)
     tids = [track(engine, f"p{i}") for i in range(6)]
     one_train(engine, broker)
