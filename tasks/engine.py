@@ -331,12 +331,15 @@ class Engine:
                 break
             answers, whole = self._ask(provider, account, chunk)
             run.calls += 1
+            budget = provider.last_budget()
+            if not isinstance(whole, errors.RateLimited):  # a 429 holds the account itself
+                self._follow_budget(account, run, budget)
             split = _split(chunk, whole, group, run)
             if split:
                 queue.extendleft(reversed(split))
                 continue
             outcomes |= answers
-            self._after_request(account, run, answers, group, whole, provider.last_budget())
+            self._after_request(account, run, answers, group, whole, stated=budget is not None)
         self._close_run(account, run, outcomes)
         return outcomes
 
@@ -376,14 +379,11 @@ class Engine:
         answers: dict[str, Outcome],
         group: _Bisect | None,
         whole: errors.ProviderError | None,
-        budget: Budget | None,
+        *,
+        stated: bool,
     ) -> None:
-        """Hold the account on a 429 or a spent budget; count the answer toward the breaker."""
-        self._maybe_hold(account, run, answers.values(), stated=budget is not None)
-        if budget is not None:
-            until = policy.budget_hold(budget.remaining, budget.limit, budget.reset_at, clock.now())
-            if until is not None and until > run.hold_until:
-                self._hold(account, run, until, "budget")
+        """Hold the account on a 429; count the answer toward the breaker."""
+        self._maybe_hold(account, run, answers.values(), stated=stated)
         if group is not None:  # counted when its bisection is over, when we know what it was
             group.requests.append(list(answers))
             group.answered = group.answered or whole is None
@@ -395,6 +395,14 @@ class Engine:
             if self.guard.record(account, clock.now(), calls=run.calls, failures=1):
                 log.warning("breaker open account=%s", account)
             run.calls = 0
+
+    def _follow_budget(self, account: str, run: _Run, budget: Budget | None) -> None:
+        """Hold the account before its stated budget runs out (every answer, split ones too)."""
+        if budget is None:
+            return
+        until = policy.budget_hold(budget.remaining, budget.limit, budget.reset_at, clock.now())
+        if until is not None and until > run.hold_until:
+            self._hold(account, run, until, "budget")
 
     def _maybe_hold(
         self, account: str, run: _Run, outcomes: Iterable[Outcome], *, stated: bool

@@ -256,3 +256,13 @@ def test_the_table_shows_a_held_account_instead_of_a_countdown() -> None:
     record = {"state": "running", "next_poll_at": 105.0, "account_held_until": 104.0}
     assert next_poll(record, now=100.0) == "held 4.0s"
     assert next_poll({**record, "account_held_until": None}, now=100.0) == "5.0s"
+
+
+def test_a_spent_budget_stops_a_bisection_too(
+    redis_client: fakeredis.FakeRedis, broker: Broker, fake_clock: Clock
+) -> None:
+    provider = PoisonBulk({"e1"}, errors.Rejected("400", status_code=400))
+    provider.budget = Budget(limit=30, remaining=0, reset_at=fake_clock() + 5)
+    engine, tids = run(redis_client, provider, broker, 10)
+    assert len(provider.requests) == 1  # the halves wait for the budget's reset
+    assert {(engine.get(t) or {})["error"]["kind"] for t in tids} == {"throttled"}
