@@ -108,6 +108,7 @@ class _Run:
     must_check: bool = True
     hold_until: float = 0.0
     pace: float | None = None
+    limited: bool = False
     groups: list[_Bisect] = field(default_factory=list)
 
 
@@ -347,18 +348,21 @@ class Engine:
         """Seconds the account must wait before the next request, or None to go.
 
         The shared hold and breaker are read at the start of a train, after a failure and
-        every `_GATE_REFRESH` seconds, not before every request of a healthy run.
+        every `_GATE_REFRESH` seconds, not before every request of a healthy run; an account
+        held in the last minutes (it meets its provider's limit) is read before every request,
+        so another worker's 429 stops this train at once.
         """
         now = clock.now()
         if run.hold_until > now:
             return run.hold_until - now
         if self.guard is None:
             return None
-        if run.must_check or now - run.checked_at >= _GATE_REFRESH:
+        if run.must_check or run.limited or now - run.checked_at >= _GATE_REFRESH:
             run.checked_at, run.must_check = now, False
-            wait, run.pace = self.guard.check(account, now)
-            if wait is not None:
-                return wait
+            gate = self.guard.check(account, now)
+            run.pace, run.limited = gate.pace, gate.limited
+            if gate.wait is not None:
+                return gate.wait
         if run.pace is not None:  # learned from 429s: one slot per request, fleet-wide
             wait = self.guard.take(account, now, run.pace)
             if wait is not None:

@@ -11,6 +11,7 @@ held-back poll is rescheduled, never busy-waited.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from functools import cache
 from typing import Any, cast
 
@@ -22,9 +23,12 @@ from limits.strategies import MovingWindowRateLimiter
 from export_poller import policy
 from export_poller.config.settings import Settings
 
-# Extend an account's hold only forward (two workers' 429s: the later time wins) and count it.
-# KEYS: hold key, metrics hash. ARGV: until, milliseconds to keep the key, metrics field.
+# Extend an account's hold only forward (two workers' 429s: the later time wins) and count it;
+# mark the account as limited for a while (its trains then read the hold before every request).
+# KEYS: hold key, metrics hash, limited mark. ARGV: until, ms to keep the hold, metrics field,
+# seconds to keep the mark.
 _HOLD = """
+redis.call('SET', KEYS[3], '1', 'EX', ARGV[4])
 local old = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tonumber(ARGV[1]) <= old then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
@@ -45,6 +49,16 @@ local keep = math.ceil((tat + interval - now + tolerance) * 1000) + 1000
 redis.call('SET', KEYS[1], tostring(tat + interval), 'PX', keep)
 return ''
 """
+
+
+@dataclass(frozen=True)
+class Gate:
+    """An account's shared state as a train reads it: seconds to wait (None: go), its learned
+    pace (requests per second, None: unpaced), and whether it was held in the last minutes."""
+
+    wait: float | None
+    pace: float | None
+    limited: bool
 
 
 class AccountGuard:
@@ -90,15 +104,17 @@ class AccountGuard:
 
     def blocked(self, account: str, now: float) -> float | None:
         """Seconds until the account's hold ends or its breaker closes, whichever is later."""
-        return self.check(account, now)[0]
+        return self.check(account, now).wait
 
-    def check(self, account: str, now: float) -> tuple[float | None, float | None]:
-        """In one round trip: how long the account must wait (hold, open breaker), and its
-        learned pace in requests per second (None while it has none)."""
+    def check(self, account: str, now: float) -> Gate:
+        """In one round trip: how long the account must wait (hold, open breaker), its learned
+        pace, and whether it was held lately."""
         base = f"{self.prefix}:{account}"
-        values = cast(list[Any], self.r.mget(f"{base}:open", f"{base}:hold", f"{base}:pace"))
+        keys = [f"{base}:open", f"{base}:hold", f"{base}:pace", f"{base}:lim"]
+        values = cast(list[Any], self.r.mget(keys))
         until = max((float(v) for v in values[:2] if v is not None), default=0.0)
-        return (until - now if until > now else None), _pace(values[2], now)
+        wait = until - now if until > now else None
+        return Gate(wait, _pace(values[2], now), values[3] is not None)
 
     def take(self, account: str, now: float, rate: float) -> float | None:
         """One request's slot at the account's learned pace: None to go, or seconds to wait."""
@@ -132,8 +148,12 @@ class AccountGuard:
         field = f"holds|{account}|{reason}"
         return bool(
             self._hold(
-                keys=[f"{self.prefix}:{account}:hold", self.metrics],
-                args=[repr(until), keep_ms, field],
+                keys=[
+                    f"{self.prefix}:{account}:hold",
+                    self.metrics,
+                    f"{self.prefix}:{account}:lim",
+                ],
+                args=[repr(until), keep_ms, field, int(policy.PACE_MEMORY)],
             )
         )
 

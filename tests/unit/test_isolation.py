@@ -266,3 +266,32 @@ def test_a_spent_budget_stops_a_bisection_too(
     engine, tids = run(redis_client, provider, broker, 10)
     assert len(provider.requests) == 1  # the halves wait for the budget's reset
     assert {(engine.get(t) or {})["error"]["kind"] for t in tids} == {"throttled"}
+
+
+def test_an_account_held_lately_reads_its_hold_before_every_request(
+    redis_client: fakeredis.FakeRedis, broker: Broker, fake_clock: Clock
+) -> None:
+    class ElsewhereHeld(ScriptedProvider):
+        """While it answers e1, another worker receives a 429 for the same account."""
+
+        def fetch(self, export_id: str) -> Answer:
+            if export_id == "e1" and engine.guard:
+                engine.guard.hold("scripted", fake_clock() + 5, fake_clock())
+            return super().fetch(export_id)
+
+    def train_of_five(limited_before: bool) -> list[str]:
+        nonlocal engine
+        redis_client.flushall()
+        provider = ElsewhereHeld()
+        engine = make_engine(make_settings(), redis_client, provider, broker)
+        if limited_before and engine.guard:  # a hold some minutes ago, long over
+            engine.guard.hold("scripted", fake_clock() - 60, fake_clock() - 61)
+        for i in range(5):
+            track(engine, f"e{i}")
+        one_train(engine, broker)
+        broker.take_messages()
+        return provider.calls
+
+    engine: Engine
+    assert train_of_five(limited_before=True) == ["e0", "e1"]
+    assert train_of_five(limited_before=False) == ["e0", "e1", "e2", "e3", "e4"]  # 0.25 s reads
