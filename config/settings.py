@@ -93,7 +93,6 @@ class Settings(BaseSettings):
     backoff_factor: Annotated[float, Field(ge=1.0)] = 2.0
     backoff_max: PositiveSeconds = 240.0
     backoff_floor: Annotated[float, Field(ge=0)] = 1.0
-    progress_max_wait: PositiveSeconds = 3600.0
     sweep_interval: PositiveSeconds = 5.0
     default_timeout: PositiveSeconds = 24 * 3600.0
     enqueue_horizon: PositiveSeconds = 10.0

@@ -56,7 +56,7 @@ def track_export(
         raise errors.UnknownProvider(f"provider must be a string, got {type(provider).__name__}")
     cls = get_provider_class(provider)
     account_name = _account_name(account, cls.name)
-    _check_account(account_name, cls.name)
+    cls.check_account(account_name, _check_account(account_name, cls.name))
     cls.validate_export_id(export_id)
     chosen = _tracking_id(tracking_id)
     fields: dict[str, Any] = {
@@ -369,9 +369,7 @@ def stuck_reasons(record: Mapping[str, Any], now: float, periods: float = 3.0) -
     if record.get("state") not in ("pending", "running"):
         return []
     reasons = []
-    longest = settings.backoff_max
-    if (record.get("status") or {}).get("progress"):
-        longest = max(longest, settings.progress_max_wait)
+    longest = settings.backoff_max  # progress-aware waits are capped by it too
     last = record.get("updated_at") or record.get("created_at") or now
     if now - last > periods * longest:
         reasons.append(f"no answer for {now - last:.0f}s ({periods:g} waits of {longest:g}s)")
@@ -390,6 +388,11 @@ def _account_reasons(record: Mapping[str, Any]) -> list[str]:
     kind = error.get("kind")
     if kind == "credentials_refused":
         return [f"account {account!r}: credentials refused"]
+    if kind == "misconfigured":
+        return [f"account {account!r} is misconfigured on a worker: {error.get('message')}"]
+    held = record.get("account_held_until")
+    if held and held > clock.now():
+        return [f"account {account!r} is held back by its provider for {held - clock.now():.0f}s"]
     if kind in ("throttled", "rate_limited"):
         return [f"account {account!r} is held back ({kind})"]
     guard = get_engine().guard

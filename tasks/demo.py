@@ -69,7 +69,6 @@ def fast_env(redis_url: str, sim_url: str, prefix: str = "demo") -> dict[str, st
         "POLLER_BACKOFF_FACTOR": "2",
         "POLLER_BACKOFF_MAX": "3",
         "POLLER_BACKOFF_FLOOR": "0.2",
-        "POLLER_PROGRESS_MAX_WAIT": "3",
         "POLLER_SWEEP_INTERVAL": "1",
         "POLLER_RESCUE_GRACE": "6",
         "POLLER_LEASE_SECONDS": "45",

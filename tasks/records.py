@@ -14,7 +14,15 @@ from typing import Any
 from export_poller.providers.models import ExportStatus
 
 SHORT = 64
-_FLOATS = ("created_at", "updated_at", "deadline", "next_poll_at", "finished_at", "callback_at")
+_FLOATS = (
+    "created_at",
+    "updated_at",
+    "deadline",
+    "next_poll_at",
+    "not_before",
+    "finished_at",
+    "callback_at",
+)
 _SIGNATURE_DEFAULTS: dict[str, Any] = {
     "args": [],
     "kwargs": {},

@@ -39,6 +39,8 @@ _SIG_SLACK = 3600.0
 DIGEST_CHARS = 20
 # Seconds a poll may run before its planned time: covers clock skew between workers and the
 # engine's train spread (follow-ups up to 1 s apart leave in one message at the earliest time).
+# Only our own backoff is this loose: a record's `not_before` (a provider's Retry-After or
+# X-RateLimit-Reset, an account hold) is a hard floor for claims and for train take-along.
 _EARLY = 2.0
 
 _TRACK = """
@@ -63,12 +65,14 @@ _CLAIM = """
 local now, out = tonumber(ARGV[1]), {}
 for i = 6, #ARGV, 2 do
   local tid, key = ARGV[i], ARGV[5] .. 'x:' .. ARGV[i]
-  local v = redis.call('HMGET', key, 'token', 'state', 'lease_until', 'next_poll_at', 'account')
+  local v = redis.call(
+    'HMGET', key, 'token', 'state', 'lease_until', 'next_poll_at', 'account', 'not_before')
   local why = nil
   if not v[1] then why = 'missing'
   elseif v[1] ~= ARGV[i + 1] then why = 'stale'
   elseif v[2] ~= 'pending' and v[2] ~= 'running' then why = 'done'
   elseif v[3] and tonumber(v[3]) > now then why = 'busy'
+  elseif v[6] and tonumber(v[6]) > now then why = 'wait:' .. v[6]
   elseif v[4] and tonumber(v[4]) > now + tonumber(ARGV[4]) then why = 'early'
   end
   if why then
@@ -126,7 +130,7 @@ _COMMIT = f"""
 local before = redis.call('HMGET', KEYS[1], 'claim', 'state', 'provider')
 if before[1] ~= ARGV[2] then return 0 end
 local P = ARGV[7]
-redis.call('HDEL', KEYS[1], 'claim', 'lease_until')
+redis.call('HDEL', KEYS[1], 'claim', 'lease_until', 'not_before')
 redis.call('HSET', KEYS[1], 'token', ARGV[6], unpack(ARGV, 10))
 redis.call('HINCRBY', P .. 'metrics', 'polls|' .. before[3] .. '|' .. ARGV[9], 1)
 move(P .. 'metrics', before[3], before[2], redis.call('HGET', KEYS[1], 'state'))
@@ -186,11 +190,13 @@ local out = {}
 for _, tid in ipairs(due) do
   if #out >= 2 * limit then break end
   local key = ARGV[5] .. tid
-  local v = redis.call('HMGET', key, 'state', 'lease_until')
+  local v = redis.call('HMGET', key, 'state', 'lease_until', 'not_before')
   if v[1] ~= 'pending' and v[1] ~= 'running' then
     redis.call('ZREM', KEYS[1], tid)
   elseif v[2] and tonumber(v[2]) > tonumber(ARGV[1]) then
     redis.call('ZADD', KEYS[1], v[2], tid)
+  elseif v[3] and tonumber(v[3]) > tonumber(ARGV[1]) then
+    -- a provider's stated time: not taken along early, left where it is
   else
     redis.call('HSET', key, 'lease_until', ARGV[2], 'claim', ARGV[3])
     redis.call('ZADD', KEYS[2], ARGV[2], tid)
@@ -374,7 +380,8 @@ class Store:
     def claim(
         self, tid: str, token: str, claim_id: str, *, now: float, lease_until: float
     ) -> Claim | str:
-        """Take the poll lease, or say why not: missing, stale, done, busy or early."""
+        """Take the poll lease, or say why not: missing, stale, done, busy, early, or
+        `wait:<time>` when the record may not be polled before a provider's stated time."""
         return self.claim_many([(tid, token)], claim_id, now=now, lease_until=lease_until)[0]
 
     def claim_many(

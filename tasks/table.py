@@ -32,10 +32,15 @@ def progress_bar(record: dict[str, Any]) -> str:
 
 
 def next_poll(record: dict[str, Any], now: float | None = None) -> str:
+    """Seconds to the next poll; "held" while the account waits out a provider's 429."""
     when = record.get("next_poll_at")
     if record.get("state") not in ("pending", "running") or when is None:
         return "-"
-    return f"{max(0.0, when - (now or time.time())):.1f}s"
+    now = now or time.time()
+    held = record.get("account_held_until")
+    if held is not None and held > now:
+        return f"held {held - now:.1f}s"
+    return f"{max(0.0, when - now):.1f}s"
 
 
 def row(record: dict[str, Any], now: float | None = None) -> tuple[str, ...]:
