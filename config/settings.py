@@ -87,11 +87,16 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     broker_url: str | None = None
     key_prefix: str = "ep"
+    queue: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$")] = (
+        "export-poller"
+    )
+    callback_queue: (
+        Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$")] | None
+    ) = None
     backoff_initial: PositiveSeconds = 10.0
     backoff_factor: Annotated[float, Field(ge=1.0)] = 2.0
     backoff_max: PositiveSeconds = 240.0
     backoff_floor: Annotated[float, Field(ge=0)] = 1.0
-    progress_max_wait: PositiveSeconds = 3600.0
     sweep_interval: PositiveSeconds = 5.0
     default_timeout: PositiveSeconds = 24 * 3600.0
     enqueue_horizon: PositiveSeconds = 10.0

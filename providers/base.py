@@ -13,6 +13,7 @@ import email.utils
 import json
 import logging
 import re
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -51,6 +52,35 @@ class StatusRequest:
     json: Any = None
 
 
+@dataclass(frozen=True)
+class Budget:
+    """What a provider said about its account's request budget (`X-RateLimit-*`): `limit`
+    per window, `remaining` in this one, and `reset_at`, the Unix time the window ends."""
+
+    limit: int | None
+    remaining: int
+    reset_at: float
+
+
+_RELATIVE_RESET = 1e9  # a Reset below this is seconds from now, not a Unix time
+
+
+def read_budget(headers: Mapping[str, str], now: float | None = None) -> Budget | None:
+    """The budget an answer states, if it states one (Seven Bridges does on every answer)."""
+    remaining = _count(headers.get("X-RateLimit-Remaining"))
+    reset = _count(headers.get("X-RateLimit-Reset"))
+    if remaining is None or reset is None:
+        return None
+    now = time.time() if now is None else now
+    reset_at = float(reset) if reset >= _RELATIVE_RESET else now + reset
+    return Budget(_count(headers.get("X-RateLimit-Limit")), remaining, reset_at)
+
+
+def _count(value: str | None) -> int | None:
+    text = (value or "").strip()
+    return int(text) if text.isdigit() and len(text) < 16 else None
+
+
 def path_segment(export_id: str) -> str:
     """Percent-encode an id so that it stays one path segment (`../../admin` cannot climb out).
 
@@ -82,6 +112,7 @@ class Provider(ABC):
     batch_size: ClassVar[int] = 1
     id_pattern: ClassVar[re.Pattern[str] | None] = None
     required_credentials: ClassVar[tuple[str, ...]] = ()
+    """Account settings without which no request can be made (`base_url` when no default)."""
 
     def __init__(self, account_name: str, account: AccountSettings, settings: Settings) -> None:
         self.account_name = account_name
@@ -93,6 +124,7 @@ class Provider(ABC):
         self._auth = self.auth()
         self.redactor = Redactor.for_account(account)
         self.session = transport.session_for(self.base_url)
+        self._last = threading.local()  # one adapter serves all of a worker's threads
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} account={self.account_name!r} base_url={self.base_url!r}>"
@@ -122,6 +154,19 @@ class Provider(ABC):
         return map_http_error(self, status, headers, body)
 
     # -- the shared flow ---------------------------------------------------------------------
+
+    @classmethod
+    def check_account(cls, account_name: str, account: AccountSettings) -> None:
+        """Refuse, naming the setting, an account that misses what every request needs."""
+        needed = [*cls.required_credentials]
+        if cls.default_base_url is None:
+            needed.insert(0, "base_url")
+        for name in needed:
+            if getattr(account, name) is None:
+                raise errors.ConfigurationError(
+                    f"account {account_name!r} ({cls.name}) needs "
+                    f"POLLER_ACCOUNTS__{account_name.upper()}__{name.upper()}"
+                )
 
     @classmethod
     def validate_export_id(cls, export_id: object) -> str:
@@ -157,12 +202,19 @@ class Provider(ABC):
             raise outcome
         return outcome
 
+    def last_budget(self) -> Budget | None:
+        """The budget stated by this thread's last answer, if its provider states one."""
+        budget: Budget | None = getattr(self._last, "budget", None)
+        return budget
+
     def fetch_many(self, export_ids: Sequence[str]) -> dict[str, Outcome]:
         """Ask for up to `batch_size` exports in one request; errors of the whole call raise."""
         request = self.status_request(export_ids)
+        self._last.budget = None
         with transport.deadline(self.total_timeout) as watch:
             try:
                 response = self._send(request)
+                self._last.budget = read_budget(response.headers)
                 status, headers, body = response.status_code, response.headers, self._read(response)
             except errors.TransportError:
                 if not watch.expired:

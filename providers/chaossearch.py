@@ -56,6 +56,7 @@ class ChaosSearch(Provider):
     """One ChaosSearch tenant; `base_url` is the tenant's own host, so there is no default."""
 
     name = "chaossearch"
+    required_credentials = ("access_key", "secret_key", "region")
 
     def auth(self) -> AuthBase:
         # The region is part of the signature scope: a wrong one is refused with 403.

@@ -64,6 +64,7 @@ class Cometly(Provider):
     name = "cometly"
     default_base_url = "https://app.cometly.com"
     id_pattern = re.compile(r"[0-9]{1,18}")
+    required_credentials = ("token",)
 
     def auth(self) -> AuthBase:
         return BearerAuth(self.require("token"))

@@ -6,12 +6,14 @@
      │    │    ├── TransportError   timeout, refused or reset connection
      │    │    ├── ServerError      5xx; `Maintenance` is Seven Bridges' 503 with code 0
      │    │    ├── BadResponse      not the documented JSON, too large, or an odd redirect
+     │    │    ├── Misconfigured    this worker cannot build the account (missing, no credential)
      │    │    └── RateLimited      429: wait `retry_after` seconds, then poll again
-     │    │         └── Throttled   our own fleet-wide limit or an open breaker: not sent at all
+     │    │         └── Throttled   held back before sending: the account's hold, pace or breaker
      │    └── Refused               the provider says no; ends the export once confirmed
      │         ├── NotFound         404
      │         ├── CredentialsRefused  401/403 (names the account, never the secret)
-     │         └── Rejected         any other 4xx
+     │         ├── Rejected         any other 4xx
+     │         └── Poisoned         alone, this id fails a bulk request its neighbours pass
      └── ConfigurationError         bad input at the boundary: nothing is tracked
           ├── UnknownProvider
           ├── UnknownAccount
@@ -58,6 +60,12 @@ class BadResponse(RetryLater):
     kind = "bad_response"
 
 
+class Misconfigured(RetryLater):
+    """This worker lacks the account or one of its settings; another worker may have it."""
+
+    kind = "misconfigured"
+
+
 class RateLimited(RetryLater):
     """The provider asked us to wait; the export is polled no sooner than `retry_after` seconds."""
 
@@ -94,6 +102,13 @@ class CredentialsRefused(Refused):
 
 class Rejected(Refused):
     kind = "rejected"
+
+
+class Poisoned(Refused):
+    """Bisecting a failed bulk request found this id to be the one that fails it: it is
+    refused on its own (and confirmed like any refusal) while its neighbours go on."""
+
+    kind = "poisoned"
 
 
 class ConfigurationError(ValueError):

@@ -33,6 +33,7 @@ class Saymon(Provider):
     """One SAYMON installation; it is self-hosted, so `base_url` has no default."""
 
     name = "saymon"
+    required_credentials = ("username", "password")
 
     def auth(self) -> AuthBase:
         return HTTPBasicAuth(self.require("username"), self.require("password"))

@@ -32,6 +32,7 @@ _STATES: dict[str, ProviderState] = {
     "FAILED": "failed",
 }
 _MAINTENANCE_CODE = 0
+_RATE_LIMIT_CODE = 1000
 
 
 class SevenBridgesAuth(AuthBase):
@@ -88,6 +89,8 @@ class _Bulk(BaseModel):
 class SevenBridges(Provider):
     """What every Seven Bridges platform shares: auth, job reading, error bodies."""
 
+    required_credentials = ("token",)
+
     def auth(self) -> AuthBase:
         return SevenBridgesAuth(self.require("token"))
 
@@ -99,8 +102,11 @@ class SevenBridges(Provider):
         return said
 
     def error_for(self, status: int, headers: Mapping[str, str], body: Any) -> errors.ProviderError:
-        """A 503 whose body code is 0 is planned maintenance, not an outage."""
+        """A 503 whose body code is 0 is planned maintenance, not an outage; code 1000 is the
+        token's rate limit, so it holds the account like any 429."""
         code = body.get("code") if isinstance(body, Mapping) else None
+        if status != 429 and type(code) is int and code == _RATE_LIMIT_CODE:
+            return super().error_for(429, headers, body)  # the account's budget, whatever status
         if status == 503 and type(code) is int and code == _MAINTENANCE_CODE:
             said = self.describe_error(body)
             detail = f": {self.redact(said)}" if said else ""

@@ -1,4 +1,5 @@
-"""The public API: `track_export`, `get_export`, `cancel_export`.
+"""The public API: `track_export`, `get_export`, `cancel_export`, and the day-two operations
+`refresh_export` and `redeliver_callback`.
 
 This is the boundary: every argument is checked here, and a mistake raises a
 `ConfigurationError` subclass (a `ValueError`) before anything is stored or sent.
@@ -8,14 +9,21 @@ from __future__ import annotations
 
 import difflib
 import json
+import logging
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
+from export_poller import clock
 from export_poller.config.settings import AccountSettings, get_settings
 from export_poller.providers import errors
+from export_poller.providers.models import ExportStatus
+from export_poller.providers.redaction import Redactor, secret_forms
 from export_poller.providers.registry import get_provider_class
 from export_poller.runtime import get_engine
+
+log = logging.getLogger("export_poller.api")
 
 MAX_METADATA_BYTES = 16 * 1024
 MAX_SIGNATURE_BYTES = 8 * 1024
@@ -25,6 +33,9 @@ MAX_TIMEOUT = 30 * 24 * 3600.0
 # Celery's own (a forged `exports.*` message could finish or flood exports, `celery.*` runs
 # maintenance), and only the signature keys and options that route a message.
 RESERVED_TASK_PREFIXES = ("exports.", "celery.")
+# ...except the ready-made callback of the demo and tests, which only appends the record to a
+# list: it drives nothing.
+OPEN_SERVICE_TASKS = frozenset({"exports.record_callback"})
 _SIGNATURE_KEYS = frozenset(
     {"task", "args", "kwargs", "options", "subtask_type", "immutable", "chord_size"}
 )
@@ -33,6 +44,13 @@ _SIGNATURE_OPTIONS = frozenset(
     | {"soft_time_limit", "time_limit", "retry", "retry_policy", "task_id", "shadow"}
 )
 _KOMBU_KEYS = frozenset({"__type__", "__value__"})
+# A caller-chosen id: letters, digits, '-' and '_', 8 to 64 characters (a UUID fits).
+TRACKING_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{7,63}$")
+_ID_CHARS = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class UnknownTrackingId(errors.ConfigurationError):
+    """No tracked export has this id (or prefix), or the prefix names several."""
 
 
 def track_export(
@@ -44,19 +62,22 @@ def track_export(
     on_failure: Mapping[str, Any] | None = None,
     metadata: Mapping[str, Any] | None = None,
     timeout: float | None = None,
+    tracking_id: str | None = None,
 ) -> str:
     """Start tracking an export and return its tracking id.
 
     Tracking the same (account, export id) again while it is active returns the same id, and
-    its callback still fires once.
+    its callback still fires once. A caller-chosen `tracking_id` lets a caller that cannot
+    read a result know the id beforehand; repeating the call with it is harmless.
     """
     if not isinstance(provider, str):
         raise errors.UnknownProvider(f"provider must be a string, got {type(provider).__name__}")
     cls = get_provider_class(provider)
     account_name = _account_name(account, cls.name)
-    _check_account(account_name, cls.name)
+    cls.check_account(account_name, _check_account(account_name, cls.name))
     cls.validate_export_id(export_id)
-    fields = {
+    chosen = _tracking_id(tracking_id)
+    fields: dict[str, Any] = {
         "provider": cls.name,
         "account": account_name,
         "export_id": export_id,
@@ -64,7 +85,30 @@ def track_export(
         "on_complete": _signature(on_complete, "on_complete"),
         "on_failure": _signature(on_failure, "on_failure"),
     }
-    return get_engine().track(fields, _timeout(timeout))
+    warnings = callback_warnings(fields["on_complete"], fields["on_failure"])
+    for warning in warnings:
+        log.warning("export %s/%s: %s", account_name, export_id, warning)
+    if warnings:
+        fields["warning"] = "; ".join(warnings)
+    tid = get_engine().track(fields, _timeout(timeout), chosen)
+    if chosen and tid != chosen:
+        raise errors.ConfigurationError(
+            f"export {export_id!r} of account {account_name!r} is already tracked as {tid}"
+            if tid
+            else f"tracking id {chosen!r} is already used by another export"
+        )
+    return tid
+
+
+def _tracking_id(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not TRACKING_ID.match(value):
+        raise errors.ConfigurationError(
+            "tracking_id must be 8 to 64 letters, digits, '-' or '_', starting with a letter "
+            "or digit"
+        )
+    return value
 
 
 def get_export(tracking_id: str) -> dict[str, Any] | None:
@@ -78,7 +122,23 @@ def cancel_export(tracking_id: str) -> bool:
 
 
 def _plausible_id(tracking_id: object) -> bool:
-    return isinstance(tracking_id, str) and 0 < len(tracking_id) <= 64 and tracking_id.isalnum()
+    return isinstance(tracking_id, str) and bool(_ID_CHARS.match(tracking_id))
+
+
+def resolve_id(text: str) -> str:
+    """A tracking id, or a unique prefix of one (the CLI's tables show 12 characters)."""
+    if not _plausible_id(text):
+        raise UnknownTrackingId(f"unknown tracking id {text!r}")
+    store = get_engine().store
+    if store.get(text) is not None:
+        return text
+    found = store.ids_with_prefix(text, limit=6)
+    if not found:
+        raise UnknownTrackingId(f"unknown tracking id {text!r}")
+    if len(found) > 1:
+        shown = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
+        raise UnknownTrackingId(f"tracking id prefix {text!r} is ambiguous: {shown}")
+    return found[0]
 
 
 def _account_name(account: object, provider: str) -> str:
@@ -116,12 +176,17 @@ def _signature(value: object, name: str) -> dict[str, Any] | str:
         )
     decoded = _json_object(value, name, MAX_SIGNATURE_BYTES)
     _check_signature_shape(decoded, name)
+    options = decoded.get("options")
+    options = decoded["options"] = dict(options) if isinstance(options, Mapping) else {}
+    queue = get_settings().callback_queue
+    if queue and not any(options.get(k) for k in ("queue", "exchange", "routing_key")):
+        options["queue"] = queue  # POLLER_CALLBACK_QUEUE: where a callback naming none goes
     return decoded
 
 
 def _check_signature_shape(sig: dict[str, Any], name: str) -> None:
     task = sig["task"].strip()
-    if not task or task.startswith(RESERVED_TASK_PREFIXES):
+    if not task or (task.startswith(RESERVED_TASK_PREFIXES) and task not in OPEN_SERVICE_TASKS):
         raise errors.ConfigurationError(
             f"{name} must name one of your own tasks, not {task!r} "
             f"(names starting with {' or '.join(RESERVED_TASK_PREFIXES)} are reserved)"
@@ -169,6 +234,51 @@ def _check_nesting(value: Any, name: str, depth: int = 0) -> None:
         _check_nesting(item, name, depth + 1)
 
 
+def callback_signature(value: object, name: str) -> dict[str, Any] | str:
+    """A callback as it will be sent: checked, with POLLER_CALLBACK_QUEUE applied."""
+    return _signature(value, name)
+
+
+def callback_warnings(*signatures: object) -> list[str]:
+    """What can be told before sending: a callback routed to this service's own queue whose
+    task its workers do not have is discarded there ("Received unregistered task")."""
+    own, known = get_settings().queue, _service_tasks()
+    out = []
+    for sig in signatures:
+        if not isinstance(sig, Mapping):
+            continue
+        options = sig.get("options") or {}
+        if options.get("exchange") or options.get("routing_key"):
+            continue  # routed by the caller's own exchange: nothing to tell from here
+        queue = options.get("queue") or own
+        if queue == own and sig.get("task") not in known:
+            out.append(
+                f"callback {sig.get('task')!r} goes to this service's queue {own!r}, whose "
+                "workers do not have that task and discard it; route it to your own queue "
+                "(signature(..., queue='myapp'), --callback-queue or POLLER_CALLBACK_QUEUE)"
+            )
+    return out
+
+
+def queue_has_consumer(queue: str, timeout: float = 1.0) -> bool | None:
+    """Whether a worker on the broker consumes `queue`, by asking them all (a remote-control
+    broadcast: `timeout` seconds, since it cannot know how many will answer); None if none
+    answered. Measured by bench/consumer_check.py: ~1 s, so the CLI asks, not every callback."""
+    from export_poller.celery import app
+
+    replies = app.control.inspect(timeout=timeout).active_queues()
+    if not replies:
+        return None
+    return any(q.get("name") == queue for queues in replies.values() for q in queues or ())
+
+
+def _service_tasks() -> set[str]:
+    from export_poller import jobs  # noqa: F401 - registers this service's tasks on the app
+    from export_poller.celery import app
+
+    return {name for name in app.tasks if not name.startswith("celery.")}
+
+
 def _metadata(value: object) -> dict[str, Any]:
     if value is None:
         return {}
@@ -185,3 +295,163 @@ def _timeout(value: object) -> float:
     if not 0 < value <= MAX_TIMEOUT or not math.isfinite(value):
         raise errors.ConfigurationError(f"timeout must be in (0, {MAX_TIMEOUT:.0f}] seconds")
     return float(value)
+
+
+# -- the caller always hears back ----------------------------------------------------------------
+
+
+def redact(text: str) -> str:
+    """A message fit for a caller's record: every configured secret, in every spelling the
+    adapters mask (see `providers.redaction`), and URL passwords masked."""
+    forms: set[str] = set()
+    try:
+        for acct in get_settings().accounts.values():
+            forms |= secret_forms(acct)
+    except ValueError:
+        pass  # unreadable settings hold nothing to mask
+    text = Redactor(forms).text(text)
+    text = re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", text)
+    return text if len(text) <= 500 else text[:499] + "…"
+
+
+def _kind(exc: Exception) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", type(exc).__name__).lower()
+
+
+def _echo(value: object) -> str | None:
+    return None if value is None else redact(str(value)[:200])
+
+
+def refusal_record(exc: Exception, call: Mapping[str, Any]) -> dict[str, Any]:
+    """The record a refused `exports.track` sends to its `on_failure`: the shape of a finished
+    record, state `refused`, and the error's kind and (redacted) message."""
+    now = clock.now()
+    chosen = call.get("tracking_id")
+    try:
+        metadata = _metadata(call.get("metadata"))
+    except errors.ConfigurationError:
+        metadata = {}
+    return {
+        "tracking_id": chosen if isinstance(chosen, str) and TRACKING_ID.match(chosen) else None,
+        "provider": _echo(call.get("provider")),
+        "account": _echo(call.get("account")),
+        "export_id": _echo(call.get("export_id")),
+        "state": "refused",
+        "attempts": 0,
+        "metadata": metadata,
+        "status": None,
+        "error": {"kind": _kind(exc), "message": redact(str(exc))},
+        "created_at": now,
+        "updated_at": now,
+        "finished_at": now,
+        "deadline": None,
+        "next_poll_at": None,
+    }
+
+
+# -- day-two operations --------------------------------------------------------------------------
+
+
+class OperationFailed(RuntimeError):
+    """A refresh or redelivery that could not be done now (provider error, account held)."""
+
+
+def _finished(tracking_id: str) -> dict[str, str]:
+    fields = get_engine().store.get(tracking_id) if _plausible_id(tracking_id) else None
+    if fields is None:
+        raise UnknownTrackingId(f"unknown tracking id {tracking_id!r}")
+    if fields.get("state") in ("pending", "running"):
+        raise errors.ConfigurationError(
+            f"export {tracking_id} is still {fields['state']}: it is polled, and its callback "
+            "fires once it ends"
+        )
+    return fields
+
+
+def redeliver_callback(tracking_id: str) -> dict[str, Any]:
+    """Send a finished export's callback again, on purpose; the record counts `redeliveries`
+    and the record sent carries the count, so the caller can tell a redelivery apart."""
+    from export_poller import policy
+    from export_poller.records import full_signature
+
+    engine = get_engine()
+    fields = _finished(tracking_id)
+    kind = policy.callback_kind(fields.get("state", ""))
+    if kind is None:
+        raise errors.ConfigurationError(f"export {tracking_id} was cancelled: no callback fires")
+    ref = fields.get(kind)
+    signature = engine.store.get_signature(ref) if ref else None
+    if signature is None:
+        why = "its signature has expired" if ref else "none was given"
+        raise errors.ConfigurationError(f"export {tracking_id} has no {kind} callback: {why}")
+    engine.store.note_finished(tracking_id, "redeliveries", {"redelivered_at": clock.now()})
+    record = engine.get(tracking_id) or {}
+    engine.send_callback(full_signature(signature), record)
+    log.info("callback redelivered tracking_id=%s kind=%s", tracking_id, kind)
+    return record
+
+
+def refresh_export(tracking_id: str, *, callback: bool = False) -> dict[str, Any]:
+    """Ask the provider about a finished export once more (a Cometly download URL expires 15
+    minutes after the poll that fetched it) and keep its fresh answer in the record's
+    `status`; the state stays. The callback fires again only if `callback` is true."""
+    engine = get_engine()
+    fields = _finished(tracking_id)
+    account, export_id = fields["account"], fields["export_id"]
+    provider = engine.providers.get(account)
+    wait = engine.guard.admit(account, clock.now()) if engine.guard else None
+    if wait is not None:
+        raise OperationFailed(f"account {account!r} is held back; try again in {wait:.0f}s")
+    try:
+        answer = provider.fetch_many([export_id]).get(export_id)
+    except errors.ProviderError as exc:
+        answer = exc
+    if not isinstance(answer, ExportStatus):
+        error = answer or errors.BadResponse("no answer about this export")
+        raise OperationFailed(f"{fields['provider']} did not answer ({error.kind}): {error}")
+    status = answer.model_dump(mode="json", exclude_none=True)
+    engine.store.note_finished(
+        tracking_id, "refreshes", {"status": status, "refreshed_at": clock.now()}
+    )
+    log.info("export refreshed tracking_id=%s state=%s", tracking_id, status.get("state"))
+    return redeliver_callback(tracking_id) if callback else engine.get(tracking_id) or {}
+
+
+def stuck_reasons(record: Mapping[str, Any], now: float, periods: float = 3.0) -> list[str]:
+    """Why an active export looks stuck, from what the store already knows: no answer for
+    `periods` of its longest wait, a poll overdue past the sweep's rescue (no worker or beat?),
+    or an account that is missing, held back, or whose credentials were refused."""
+    settings = get_settings()
+    if record.get("state") not in ("pending", "running"):
+        return []
+    reasons = []
+    longest = settings.backoff_max  # progress-aware waits are capped by it too
+    last = record.get("updated_at") or record.get("created_at") or now
+    if now - last > periods * longest:
+        reasons.append(f"no answer for {now - last:.0f}s ({periods:g} waits of {longest:g}s)")
+    due = record.get("next_poll_at")
+    late = 2 * settings.rescue_grace + settings.lease_seconds
+    if due and now - due > late:
+        reasons.append(f"poll overdue by {now - due:.0f}s: are a worker and beat running?")
+    return reasons + _account_reasons(record)
+
+
+def _account_reasons(record: Mapping[str, Any]) -> list[str]:
+    account = str(record.get("account"))
+    if account not in get_settings().accounts:
+        return [f"account {account!r} is not configured here"]
+    error = record.get("error") or {}
+    kind = error.get("kind")
+    if kind == "credentials_refused":
+        return [f"account {account!r}: credentials refused"]
+    if kind == "misconfigured":
+        return [f"account {account!r} is misconfigured on a worker: {error.get('message')}"]
+    held = record.get("account_held_until")
+    if held and held > clock.now():
+        return [f"account {account!r} is held back by its provider for {held - clock.now():.0f}s"]
+    if kind in ("throttled", "rate_limited"):
+        return [f"account {account!r} is held back ({kind})"]
+    guard = get_engine().guard
+    if guard is not None and guard.state(account, clock.now()) == "open":
+        return [f"account {account!r}: breaker open"]
+    return []

@@ -21,7 +21,7 @@ app.conf.update(
     task_acks_late=True,
     task_reject_on_worker_lost=True,
     task_ignore_result=True,
-    task_default_queue="export-poller",
+    task_default_queue=settings.queue,
     worker_prefetch_multiplier=8,
     worker_send_task_events=True,
     task_send_sent_event=True,

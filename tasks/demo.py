@@ -11,12 +11,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
+import shutil
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from export_poller.processes import (
     Child,
@@ -67,7 +69,6 @@ def fast_env(redis_url: str, sim_url: str, prefix: str = "demo") -> dict[str, st
         "POLLER_BACKOFF_FACTOR": "2",
         "POLLER_BACKOFF_MAX": "3",
         "POLLER_BACKOFF_FLOOR": "0.2",
-        "POLLER_PROGRESS_MAX_WAIT": "3",
         "POLLER_SWEEP_INTERVAL": "1",
         "POLLER_RESCUE_GRACE": "6",
         "POLLER_LEASE_SECONDS": "45",
@@ -142,28 +143,81 @@ class Tracked:
     callbacks: list[str] = field(default_factory=list)
 
 
-def _choose_redis(workdir: Path, stack: contextlib.ExitStack) -> str:
-    configured = os.environ.get("POLLER_REDIS_URL")
-    if configured and redis_ping(configured):
-        return configured
+@dataclass(frozen=True)
+class Private:
+    """Names no fleet uses: the demo's key prefix, queue and worker name on whatever Redis."""
+
+    token: str = field(default_factory=lambda: secrets.token_hex(4))
+
+    @property
+    def prefix(self) -> str:
+        return f"demo-{self.token}"
+
+    @property
+    def queue(self) -> str:
+        return f"export-poller-demo-{self.token}"
+
+    @property
+    def worker(self) -> str:
+        return f"demo-{self.token}"
+
+
+def _choose_redis(workdir: Path, stack: contextlib.ExitStack, redis_url: str | None) -> str:
+    """A private redis-server unless told to use one; the environment's is never taken."""
+    if redis_url:
+        if not redis_ping(redis_url):
+            raise RuntimeError(f"no Redis answers at {_redacted(redis_url)}")
+        return redis_url
     child = start_redis(workdir)
     stack.callback(child.stop)
     return child.extra["url"]
 
 
-def _start_services(stack: contextlib.ExitStack, workdir: Path) -> tuple[str, list[Child]]:
+def private_env(redis_url: str, sim_url: str, names: Private) -> dict[str, str]:
+    """This process's environment without any POLLER_* setting of a fleet, plus the demo's."""
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("POLLER_")}
+    env |= fast_env(redis_url, sim_url, prefix=names.prefix)
+    return env | {"POLLER_BROKER_URL": redis_url, "POLLER_QUEUE": names.queue}
+
+
+def _start_services(
+    stack: contextlib.ExitStack, workdir: Path, redis_url: str | None
+) -> tuple[str, list[Child]]:
     from export_poller.providers.simulator.server import start_in_thread
 
     sim = start_in_thread(port=0)
     stack.callback(sim.stop)
-    redis_url = _choose_redis(workdir, stack)
-    os.environ.update(fast_env(redis_url, sim.url))
-    env = dict(os.environ)
-    children = [start_worker(env, workdir), start_beat(env, workdir)]
+    url = _choose_redis(workdir, stack, redis_url)
+    names = Private()
+    if redis_url:  # a shared Redis: take back what the demo wrote, after its children stop
+        stack.callback(cleanup, url, names)
+    env = private_env(url, sim.url, names)
+    os.environ.clear()
+    os.environ.update(env)
+    children = [start_worker(env, workdir, name=names.worker), start_beat(env, workdir)]
     for child in children:
         stack.callback(child.stop)
-    print(f"simulator {sim.url}  redis {_redacted(redis_url)}  logs {workdir}")
+    print(f"simulator {sim.url}  redis {_redacted(url)}  queue {names.queue}  logs {workdir}")
     return sim.url, children
+
+
+def cleanup(redis_url: str, names: Private) -> int:
+    """Delete what the demo wrote to a shared Redis: its keys, its queue and its worker's
+    remote-control binding. Returns how many keys went."""
+    import redis
+
+    r = redis.Redis.from_url(redis_url)
+    doomed = [
+        *r.scan_iter(match=f"{names.prefix}:*", count=1000),
+        *r.scan_iter(match=f"{names.queue}*", count=1000),
+        *r.scan_iter(match=f"*{names.worker}*", count=1000),
+        f"_kombu.binding.{names.queue}",
+    ]
+    for key in r.scan_iter(match="_kombu.binding.*", count=1000):
+        for member in r.smembers(key):  # type: ignore[union-attr]
+            if names.worker.encode() in member:
+                r.srem(key, member)
+    return int(cast(int, r.delete(*doomed))) if doomed else 0
 
 
 def _redacted(url: str) -> str:
@@ -253,7 +307,7 @@ def _watch(tracked: list[Tracked], children: list[Child]) -> None:
     raise TimeoutError(f"exports still active after {DEADLINE_S:.0f}s")
 
 
-def _verdict(tracked: list[Tracked]) -> int:
+def _verdict(tracked: list[Tracked]) -> dict[str, Any]:
     records = {r["tracking_id"]: r for r in _snapshot(tracked)}
     wrong = [t for t in tracked if records[t.tracking_id]["state"] != t.case.expect]
     doubled = [t for t in tracked if len(t.callbacks) > 1]
@@ -271,26 +325,52 @@ def _verdict(tracked: list[Tracked]) -> int:
         )
     for t in doubled:
         print(f"DOUBLE CALLBACK {t.tracking_id}: {t.callbacks}")
-    return 1 if wrong or doubled else 0
+    return {
+        "ok": not wrong and not doubled,
+        "exports": len(tracked),
+        "states": counts,
+        "callbacks": sum(len(t.callbacks) for t in tracked),
+        "unexpected": [t.tracking_id for t in wrong],
+        "double_callbacks": [t.tracking_id for t in doubled],
+    }
 
 
-def run_demo(count: int = len(CASES)) -> int:
+def run_demo(
+    count: int = len(CASES), *, redis_url: str | None = None, as_json: bool = False
+) -> int:
+    """Run the demo; with `as_json` the progress goes to stderr and stdout gets one JSON
+    summary. It runs in a fresh temporary directory, so no `.env` of the caller applies."""
     exit_on_sigterm()
     workdir = Path(tempfile.mkdtemp(prefix="export-poller-demo-"))
+    summary: dict[str, Any] = {"ok": False}
     with contextlib.ExitStack() as stack:
-        try:
-            sim_url, children = _start_services(stack, workdir)
-            from export_poller.runtime import reconfigure
+        if as_json:
+            stack.enter_context(contextlib.redirect_stdout(sys.stderr))
+        summary = _run(stack, workdir, count, redis_url)
+    if as_json:
+        print(json.dumps(summary, sort_keys=True))
+    if summary["ok"]:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0 if summary["ok"] else int(summary.get("exit", 1))
 
-            reconfigure()
-            wait_until(lambda: "ready" in children[0].output(), 60, "the worker to start")
-            tracked = _track_all(sim_url, count)
-            print(f"tracking {len(tracked)} exports at 5 providers\n")
-            _watch(tracked, children)
-            return _verdict(tracked)
-        except KeyboardInterrupt:
-            print("\ninterrupted; stopping everything the demo started", file=sys.stderr)
-            return 130
-        except (RuntimeError, TimeoutError) as exc:
-            print(f"demo failed: {exc} (logs in {workdir})", file=sys.stderr)
-            return 1
+
+def _run(
+    stack: contextlib.ExitStack, workdir: Path, count: int, redis_url: str | None
+) -> dict[str, Any]:
+    try:
+        os.chdir(workdir)
+        sim_url, children = _start_services(stack, workdir, redis_url)
+        from export_poller.runtime import reconfigure
+
+        reconfigure()
+        wait_until(lambda: "ready" in children[0].output(), 60, "the worker to start")
+        tracked = _track_all(sim_url, count)
+        print(f"tracking {len(tracked)} exports at 5 providers\n")
+        _watch(tracked, children)
+        return _verdict(tracked)
+    except KeyboardInterrupt:
+        print("\ninterrupted; stopping everything the demo started", file=sys.stderr)
+        return {"ok": False, "exit": 130, "error": "interrupted"}
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"demo failed: {exc} (logs in {workdir})", file=sys.stderr)
+        return {"ok": False, "exit": 1, "error": str(exc), "logs": str(workdir)}

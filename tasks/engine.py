@@ -10,8 +10,9 @@ import logging
 import random
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from kombu.exceptions import OperationalError as KombuOperationalError
@@ -20,7 +21,7 @@ from export_poller import clock, policy
 from export_poller.config.settings import Settings
 from export_poller.guards import AccountGuard
 from export_poller.providers import errors
-from export_poller.providers.base import Provider
+from export_poller.providers.base import Budget, Provider
 from export_poller.providers.models import ExportStatus
 from export_poller.providers.registry import get_provider_class
 from export_poller.records import (
@@ -40,6 +41,7 @@ _SWEEP_ROUNDS = 10  # batches per sweep: bounded, so one sweep never runs long
 _TRAIN_SPREAD = 1.0  # seconds between the first and last planned poll of one message
 _LOGGED_DROPS = 5  # per message: the log stays bounded whatever a message names
 _MOST_PER_MESSAGE = 1000  # above any train we send (50 by default, a CGC request holds 100)
+_GATE_REFRESH = 0.25  # seconds a train trusts its last read of the account's hold and breaker
 SendPoll = Callable[[Sequence[tuple[str, str]], float], None]  # (tid, token) pairs, countdown
 SendCallback = Callable[[dict[str, Any], dict[str, Any]], None]
 
@@ -90,6 +92,54 @@ class _Plan:
 
 
 @dataclass
+class _Bisect:
+    """One failed bulk request being split: its budget of extra requests, the ids of each of
+    its parts that was not split further, the ids asked alone after a failure (the suspects),
+    and whether any part was answered (the provider is up, so a suspect is the poison)."""
+
+    budget: int
+    requests: list[list[str]] = field(default_factory=list)
+    leaves: set[str] = field(default_factory=set)
+    answered: bool = False
+
+
+@dataclass
+class _Run:
+    """One train's requests: its breaker tally and what it knows of the account's gate."""
+
+    calls: int = 0
+    checked_at: float = float("-inf")
+    must_check: bool = True
+    hold_until: float = 0.0
+    pace: float | None = None
+    limited: bool = False
+    groups: list[_Bisect] = field(default_factory=list)
+
+
+def _split(
+    chunk: list[Claim],
+    whole: errors.ProviderError | None,
+    group: _Bisect | None,
+    run: _Run,
+) -> list[tuple[list[Claim], _Bisect]] | None:
+    """The two halves to ask next when a whole-request failure may be one id's fault."""
+    if whole is None or not policy.batch_suspect(whole):
+        return None
+    if len(chunk) == 1:
+        if group is not None:
+            group.leaves.add(chunk[0].tracking_id)
+        return None
+    if group is None:
+        group = _Bisect(policy.bisect_budget(len(chunk)))
+        run.groups.append(group)
+    if group.budget < 2:
+        return None
+    group.budget -= 2
+    left, right = policy.halves(chunk)
+    return [(left, group), (right, group)]
+
+
+@dataclass
 class SweepReport:
     enqueued: int = 0
     expired: int = 0
@@ -116,18 +166,19 @@ class Engine:
         self.guard = guard
         self.rand = rand
         self.request_seconds = RequestTimes()
+        self._gate_views: dict[str, tuple[float, float | None, float | None]] = {}
         self.backoff = policy.Backoff(
             settings.backoff_initial,
             settings.backoff_factor,
             settings.backoff_max,
             settings.backoff_floor,
-            settings.progress_max_wait,
         )
 
     # -- tracking ----------------------------------------------------------------------------
 
-    def track(self, fields: dict[str, Any], timeout: float) -> str:
-        """Store a new record (or find the active one) and send its first poll now."""
+    def track(self, fields: dict[str, Any], timeout: float, tracking_id: str | None = None) -> str:
+        """Store a new record (or find the active one) and send its first poll now; with a
+        caller-chosen id, "" means that id is already used by another export."""
         now = clock.now()
         token = uuid.uuid4().hex[:16]
         record = {
@@ -141,8 +192,9 @@ class Engine:
             "next_poll_at": now,
             "token": token,
         }
-        created, tid = self.store.track(
-            uuid.uuid4().hex[:20], record, rescue_at=now + self.settings.rescue_grace
+        store_track = self.store.track_as if tracking_id else self.store.track
+        created, tid = store_track(
+            tracking_id or uuid.uuid4().hex[:20], record, rescue_at=now + self.settings.rescue_grace
         )
         if created:
             self.send_poll([(tid, token)], 0.0)
@@ -172,8 +224,25 @@ class Engine:
         )
 
     def get(self, tid: str) -> dict[str, Any] | None:
+        """The public record; `account_held_until` shows a fleet-wide hold of its account."""
         fields = self.store.get(tid)
-        return public_view(tid, fields) if fields else None
+        if not fields:
+            return None
+        view = public_view(tid, fields)
+        if self.guard is not None and view["state"] in policy.ACTIVE_STATES:
+            view["account_held_until"], view["account_pace"] = self._account_gate(fields["account"])
+        return view
+
+    def _account_gate(self, account: str) -> tuple[float | None, float | None]:
+        """An account's hold and pace for views, read at most once a second per account (a
+        `list` of many exports must not read them once per export)."""
+        now = clock.now()
+        cached = self._gate_views.get(account)
+        if cached is None or cached[0] <= now or self.guard is None:
+            held = self.guard.held_until(account, now) if self.guard else None
+            pace = self.guard.pace(account, now) if self.guard else None
+            cached = self._gate_views[account] = (now + 1.0, held, pace)
+        return cached[1], cached[2]
 
     # -- one poll ----------------------------------------------------------------------------
 
@@ -192,20 +261,26 @@ class Engine:
         results = self.store.claim_many(pairs, uuid.uuid4().hex, now=now, lease_until=lease_until)
         by_account: dict[str, list[Claim]] = {}
         dropped = 0
-        for (ptid, _), result in zip(pairs, results, strict=True):
+        for (ptid, ptoken), result in zip(pairs, results, strict=True):
             if not isinstance(result, str):
                 by_account.setdefault(result.fields["account"], []).append(result)
-                continue
-            dropped += 1
-            if dropped <= _LOGGED_DROPS:
-                log.info("poll dropped tracking_id=%s reason=%s", ptid, result)
+            elif result.startswith("wait:"):
+                # Too early for a provider's stated time: come back then, not after a rescue.
+                self.send_poll([(ptid, ptoken)], max(0.0, float(result[5:]) - now))
+                log.info("poll deferred tracking_id=%s until=%s", ptid, result[5:])
+            else:
+                dropped += 1
+                if dropped <= _LOGGED_DROPS:
+                    log.info("poll dropped tracking_id=%s reason=%s", ptid, result)
         if dropped > _LOGGED_DROPS:
             log.info("poll dropped %d more exports of this message", dropped - _LOGGED_DROPS)
         states: dict[str, str] = {}
         for account, claims in by_account.items():
             states |= self._poll_account(account, claims, now, lease_until)
         first = results[0]
-        return first if isinstance(first, str) else states.get(tid, "lost")
+        if isinstance(first, str):
+            return first.partition(":")[0]
+        return states.get(tid, "lost")
 
     def _bounded(self, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
         """No train we send names more than POLLER_TRAIN_MAX exports or one bulk request's
@@ -222,7 +297,8 @@ class Engine:
         try:
             provider = self.providers.get(account)
         except errors.ConfigurationError as exc:
-            return self._settle(claims, dict.fromkeys(_ids(claims), errors.RetryLater(str(exc))))
+            log.error("account misconfigured on this worker account=%s: %s", account, exc)
+            return self._settle(claims, dict.fromkeys(_ids(claims), errors.Misconfigured(str(exc))))
         claims = claims + self.store.claim_due(
             account,
             claims[0].claim_id,
@@ -253,40 +329,68 @@ class Engine:
         self, provider: Provider, account: str, claims: list[Claim]
     ) -> dict[str, Outcome]:
         """Requests of `batch_size` one after another, until the train's time is up; once the
-        account is held back (rate limit, open breaker) the rest of the train waits with it."""
+        account is held back (hold, pace, open breaker) the rest of the train waits with it.
+
+        A bulk request that fails as a whole in a way one id could cause is bisected: its
+        halves are asked at once (they are not cut short by the train's time), so a poison id
+        ends up alone and its neighbours get their answers in O(log n) extra requests.
+        """
         started = clock.now()
         outcomes: dict[str, Outcome] = {}
-        uncounted, read_breaker = 0, True  # the breaker is read before the first request
-        for chunk in _chunks(claims, provider.batch_size):
-            if outcomes and clock.now() - started > self.settings.train_seconds:
+        run = _Run()
+        queue: deque[tuple[list[Claim], _Bisect | None]] = deque(
+            (chunk, None) for chunk in _chunks(claims, provider.batch_size)
+        )
+        while queue:
+            chunk, group = queue.popleft()
+            if group is None and outcomes and clock.now() - started > self.settings.train_seconds:
                 break
-            wait = (
-                self.guard.admit(account, clock.now(), breaker=read_breaker) if self.guard else None
-            )
+            wait = self._gate(account, run)
             if wait is not None:
-                held = errors.Throttled(
-                    f"account {account!r} is held back (rate limit or open breaker)",
-                    retry_after=wait + self.rand() * 0.5,
-                )
                 rest = [c.tracking_id for c in claims if c.tracking_id not in outcomes]
-                outcomes |= dict.fromkeys(rest, held)
+                outcomes |= dict.fromkeys(rest, self._held(account, wait))
                 break
-            answers = self._ask(provider, account, chunk)
+            answers, whole = self._ask(provider, account, chunk)
+            run.calls += 1
+            budget = provider.last_budget()
+            if not isinstance(whole, errors.RateLimited):  # a 429 holds the account itself
+                self._follow_budget(account, run, budget)
+            split = _split(chunk, whole, group, run)
+            if split:
+                queue.extendleft(reversed(split))
+                continue
             outcomes |= answers
-            uncounted += 1
-            read_breaker = any(
-                isinstance(o, errors.ServerError | errors.TransportError) for o in answers.values()
-            )
-            if read_breaker and self.guard:  # count a failure at once, with the answers before it
-                if self.guard.record(account, clock.now(), calls=uncounted, failures=1):
-                    log.warning("breaker open account=%s", account)
-                uncounted = 0
+            self._after_request(account, run, answers, group, whole, stated=budget is not None)
             if any(isinstance(o, errors.TransportError) for o in answers.values()):
                 outcomes |= self._hold_rest(account, claims, outcomes)
                 break
-        if uncounted and self.guard:
-            self.guard.record(account, clock.now(), calls=uncounted)
+        self._close_run(account, run, outcomes)
         return outcomes
+
+    def _gate(self, account: str, run: _Run) -> float | None:
+        """Seconds the account must wait before the next request, or None to go.
+
+        The shared hold and breaker are read at the start of a train, after a failure and
+        every `_GATE_REFRESH` seconds, not before every request of a healthy run; an account
+        held in the last minutes (it meets its provider's limit) is read before every request,
+        so another worker's 429 stops this train at once.
+        """
+        now = clock.now()
+        if run.hold_until > now:
+            return run.hold_until - now
+        if self.guard is None:
+            return None
+        if run.must_check or run.limited or now - run.checked_at >= _GATE_REFRESH:
+            run.checked_at, run.must_check = now, False
+            gate = self.guard.check(account, now)
+            run.pace, run.limited = gate.pace, gate.limited
+            if gate.wait is not None:
+                return gate.wait
+        if run.pace is not None:  # learned from 429s: one slot per request, fleet-wide
+            wait = self.guard.take(account, now, run.pace)
+            if wait is not None:
+                return wait
+        return self.guard.admit(account, now, breaker=False)
 
     def _hold_rest(
         self, account: str, claims: list[Claim], outcomes: dict[str, Outcome]
@@ -299,21 +403,111 @@ class Engine:
         )
         return {c.tracking_id: held for c in claims if c.tracking_id not in outcomes}
 
-    def _ask(self, provider: Provider, account: str, claims: list[Claim]) -> dict[str, Outcome]:
-        """One request for these claims; always an outcome per claim, never an exception."""
+    def _held(self, account: str, wait: float) -> errors.Throttled:
+        return errors.Throttled(
+            f"account {account!r} is held back (a provider's rate limit, its pace or an open "
+            "breaker)",
+            retry_after=wait + self.rand() * 0.5,
+        )
+
+    def _after_request(
+        self,
+        account: str,
+        run: _Run,
+        answers: dict[str, Outcome],
+        group: _Bisect | None,
+        whole: errors.ProviderError | None,
+        *,
+        stated: bool,
+    ) -> None:
+        """Hold the account on a 429; count the answer toward the breaker."""
+        self._maybe_hold(account, run, answers.values(), stated=stated)
+        if group is not None:  # counted when its bisection is over, when we know what it was
+            group.requests.append(list(answers))
+            group.answered = group.answered or whole is None
+            return
+        if not any(policy.counts_as_failure(o) for o in answers.values()):
+            return
+        run.must_check = True
+        if self.guard:  # count a failure at once, with the answers before it
+            if self.guard.record(account, clock.now(), calls=run.calls, failures=1):
+                log.warning("breaker open account=%s", account)
+            run.calls = 0
+
+    def _follow_budget(self, account: str, run: _Run, budget: Budget | None) -> None:
+        """Hold the account before its stated budget runs out (every answer, split ones too)."""
+        if budget is None:
+            return
+        until = policy.budget_hold(budget.remaining, budget.limit, budget.reset_at, clock.now())
+        if until is not None and until > run.hold_until:
+            self._hold(account, run, until, "budget")
+
+    def _maybe_hold(
+        self, account: str, run: _Run, outcomes: Iterable[Outcome], *, stated: bool
+    ) -> None:
+        """A provider's 429 speaks for the whole account: every worker waits until its time.
+        Where the provider states no budget, the 429 also slows the account's pace."""
+        waits = [
+            o.retry_after
+            for o in outcomes
+            if isinstance(o, errors.RateLimited) and not isinstance(o, errors.Throttled)
+        ]
+        if not waits:
+            return
+        self._hold(account, run, clock.now() + max(waits), "429")
+        if not stated and self.guard:
+            run.pace = self.guard.slow_down(account, clock.now())
+            log.warning("account paced account=%s rate=%.2f/s", account, run.pace)
+
+    def _hold(self, account: str, run: _Run, until: float, reason: str) -> None:
+        now = clock.now()
+        run.hold_until = max(run.hold_until, until)
+        if self.guard:
+            self.guard.hold(account, run.hold_until, now, reason=reason)
+        level = logging.WARNING if reason == "429" else logging.INFO
+        log.log(
+            level, "account held account=%s reason=%s seconds=%.1f", account, reason, until - now
+        )
+
+    def _close_run(self, account: str, run: _Run, outcomes: dict[str, Outcome]) -> None:
+        """Settle what bisecting found, and count the run toward the breaker honestly: every
+        request is a call; a poison id found alone is its export's refusal, not a failure."""
+        failures = 0
+        for group in run.groups:
+            for tid in group.leaves:
+                outcomes[tid] = policy.isolate(outcomes[tid], neighbours_answered=group.answered)
+                if isinstance(outcomes[tid], errors.Poisoned):
+                    log.warning("poison id isolated account=%s tracking_id=%s", account, tid)
+            failures += sum(
+                any(policy.counts_as_failure(outcomes[tid]) for tid in request)
+                for request in group.requests
+            )
+        if (run.calls or failures) and self.guard:
+            tripped = self.guard.record(account, clock.now(), calls=run.calls, failures=failures)
+            if tripped:
+                log.warning("breaker open account=%s", account)
+
+    def _ask(
+        self, provider: Provider, account: str, claims: list[Claim]
+    ) -> tuple[dict[str, Outcome], errors.ProviderError | None]:
+        """One request for these claims: an outcome per claim (never an exception), and the
+        error when the request failed as a whole."""
         ids = [c.fields["export_id"] for c in claims]
         by_id: dict[str, Outcome]
+        whole: errors.ProviderError | None = None
         started = clock.now()
         try:
             by_id = provider.fetch_many(ids)
         except errors.ProviderError as exc:
-            by_id = dict.fromkeys(ids, _bare(exc))
+            whole = _bare(exc)
+            by_id = dict.fromkeys(ids, whole)
         except Exception as exc:
             log.exception("adapter bug account=%s", account)
-            by_id = dict.fromkeys(ids, errors.BadResponse(f"adapter raised {type(exc).__name__}"))
+            whole = errors.BadResponse(f"adapter raised {type(exc).__name__}")
+            by_id = dict.fromkeys(ids, whole)
         self.request_seconds.observe(account, clock.now() - started)
         missing = errors.BadResponse(f"{provider.name} said nothing about this export")
-        return {c.tracking_id: by_id.get(c.fields["export_id"], missing) for c in claims}
+        return {c.tracking_id: by_id.get(c.fields["export_id"], missing) for c in claims}, whole
 
     def _settle(self, claims: list[Claim], outcomes: dict[str, Outcome]) -> dict[str, str]:
         """Commit every answer in one round trip, then fire callbacks and send follow-ups."""
@@ -344,6 +538,7 @@ class Engine:
             refusals=int(rec.get("refusals") or 0),
             started_at=float(rec["created_at"]),
             state=rec["state"],
+            suspect=rec.get("error_kind") == errors.Poisoned.kind,
         )
         decision = policy.decide(
             ctx,
@@ -371,12 +566,14 @@ class Engine:
         return _Plan(write, decision, delay, handoff)
 
     def _send_trains(self, plans: list[_Plan]) -> None:
-        """Follow-ups due within a second of each other leave as one message."""
+        """Follow-ups due within a second of each other leave as one message, at the earliest
+        time of the group, or at the latest provider-stated time in it (never before that)."""
         delays = [max(0.0, p.delay or 0.0) for p in plans]
         groups = policy.group_trains(delays, spread=_TRAIN_SPREAD, most=self.settings.train_max)
         for group in groups:
             pairs = [(plans[i].write.claim.tracking_id, plans[i].write.new_token) for i in group]
-            self.send_poll(pairs, delays[group[0]])
+            strict = [delays[i] for i in group if plans[i].decision.not_before is not None]
+            self.send_poll(pairs, max([delays[group[0]], *strict]))
 
     # -- callbacks ---------------------------------------------------------------------------
 
@@ -474,6 +671,8 @@ def _fields_for(decision: policy.Decision, ctx: policy.PollContext, now: float) 
         fields |= status_fields(decision.status, decision.terminal)
     if decision.error is not None:
         fields |= error_fields(decision.error, decision.terminal)
+    if decision.not_before is not None:
+        fields["not_before"] = decision.not_before
     if decision.terminal:
         fields["finished_at"] = now
     return fields
@@ -495,9 +694,18 @@ def _ids(claims: list[Claim]) -> list[str]:
     return [c.tracking_id for c in claims]
 
 
+_LOUD = {
+    errors.CredentialsRefused.kind: logging.ERROR,
+    errors.Misconfigured.kind: logging.ERROR,
+    errors.Poisoned.kind: logging.WARNING,
+}
+
+
 def _log_poll(plan: _Plan) -> None:
+    """One line per poll; an account problem an operator must fix is logged loudly."""
     rec, delay = plan.write.claim.fields, plan.delay
-    log.info(
+    log.log(
+        _LOUD.get(plan.write.outcome, logging.INFO),
         "poll tracking_id=%s provider=%s account=%s outcome=%s state=%s attempts=%s next_delay=%s",
         plan.write.claim.tracking_id,
         rec.get("provider"),

@@ -1,14 +1,17 @@
 """Fleet-wide admission per account, shared by every worker through Redis.
 
-Two guards run before a request leaves: the account's rate limit (the `limits` library, moving
-window, Redis storage: Celery's own `rate_limit` is per worker and cannot honour a provider's
-global cap) and a circuit breaker that pauses all of an account's polls together when its
-answers are mostly 5xx or timeouts. A held-back poll is rescheduled, never busy-waited.
+Three guards run before a request leaves: an account hold (a provider's 429 speaks for the
+whole account, so every worker waits until its `Retry-After` / `X-RateLimit-Reset`), the
+account's rate limit (the `limits` library, moving window, Redis storage: Celery's own
+`rate_limit` is per worker and cannot honour a provider's global cap) and a circuit breaker that
+pauses all of an account's polls together when its answers are mostly 5xx or timeouts. A
+held-back poll is rescheduled, never busy-waited.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from functools import cache
 from typing import Any, cast
 
@@ -20,13 +23,53 @@ from limits.strategies import MovingWindowRateLimiter
 from export_poller import policy
 from export_poller.config.settings import Settings
 
+# Extend an account's hold only forward (two workers' 429s: the later time wins) and count it;
+# mark the account as limited for a while (its trains then read the hold before every request).
+# KEYS: hold key, metrics hash, limited mark. ARGV: until, ms to keep the hold, metrics field,
+# seconds to keep the mark.
+_HOLD = """
+redis.call('SET', KEYS[3], '1', 'EX', ARGV[4])
+local old = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) <= old then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
+return 1
+"""
+
+
+# A learned pace, fleet-wide: GCRA (one "theoretical arrival time" per account). A request may
+# go when the account's arrival time is at most `tolerance` seconds ahead of now; each one
+# pushes it on by one interval. KEYS: the time key. ARGV: now, interval, tolerance.
+# Returns "" to go, or the seconds to wait.
+_PACE = """
+local now, interval, tolerance = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
+if tat - now > tolerance then return tostring(tat - tolerance - now) end
+local keep = math.ceil((tat + interval - now + tolerance) * 1000) + 1000
+redis.call('SET', KEYS[1], tostring(tat + interval), 'PX', keep)
+return ''
+"""
+
+
+@dataclass(frozen=True)
+class Gate:
+    """An account's shared state as a train reads it: seconds to wait (None: go), its learned
+    pace (requests per second, None: unpaced), and whether it was held in the last minutes."""
+
+    wait: float | None
+    pace: float | None
+    limited: bool
+
 
 class AccountGuard:
     def __init__(self, settings: Settings, client: redis.Redis) -> None:
         self.settings = settings
         self.r = client
         self.prefix = f"{settings.key_prefix}:brk"
+        self.metrics = f"{settings.key_prefix}:metrics"
         self._limiter: MovingWindowRateLimiter | None = None
+        self._hold = client.register_script(_HOLD)
+        self._pace = client.register_script(_PACE)
 
     @property
     def limiter(self) -> MovingWindowRateLimiter:
@@ -42,13 +85,13 @@ class AccountGuard:
     def admit(self, account: str, now: float, *, breaker: bool = True) -> float | None:
         """None to go ahead (one request of budget is spent), or how many seconds to wait.
 
-        `breaker=False` skips reading the breaker: a train reads it before its first request
-        and after a failure, not before every request of a healthy run.
+        `breaker=False` skips reading the hold and the breaker: a train reads them before its
+        first request, after a failure and every quarter second, not before every request.
         """
         if breaker:
-            open_until = self.r.get(f"{self.prefix}:{account}:open")
-            if open_until is not None and float(cast(Any, open_until)) > now:
-                return float(cast(Any, open_until)) - now
+            wait = self.blocked(account, now)
+            if wait is not None:
+                return wait
         item = (
             _limit(self.settings.accounts[account].rate_limit)
             if account in self.settings.accounts
@@ -58,6 +101,67 @@ class AccountGuard:
             return None
         reset = self.limiter.get_window_stats(item, account).reset_time
         return max(0.05, reset - time.time())
+
+    def blocked(self, account: str, now: float) -> float | None:
+        """Seconds until the account's hold ends or its breaker closes, whichever is later."""
+        return self.check(account, now).wait
+
+    def check(self, account: str, now: float) -> Gate:
+        """In one round trip: how long the account must wait (hold, open breaker), its learned
+        pace, and whether it was held lately."""
+        base = f"{self.prefix}:{account}"
+        keys = [f"{base}:open", f"{base}:hold", f"{base}:pace", f"{base}:lim"]
+        values = cast(list[Any], self.r.mget(keys))
+        until = max((float(v) for v in values[:2] if v is not None), default=0.0)
+        wait = until - now if until > now else None
+        return Gate(wait, _pace(values[2], now), values[3] is not None)
+
+    def take(self, account: str, now: float, rate: float) -> float | None:
+        """One request's slot at the account's learned pace: None to go, or seconds to wait."""
+        args = [repr(now), repr(1.0 / rate), repr(policy.pace_tolerance(rate))]
+        wait = _text(self._pace(keys=[f"{self.prefix}:{account}:tat"], args=args))
+        return float(wait) if wait else None
+
+    def slow_down(self, account: str, now: float) -> float:
+        """A 429 from a provider that states no budget: pace the account at 70% of what the
+        fleet was sending (measured by the breaker's counts); returns the new pace."""
+        s, base = self.settings, f"{self.prefix}:{account}"
+        window = int(now // s.breaker_window)
+        keys = [f"{base}:{kind}:{w}" for w in (window - 1, window) for kind in ("t", "t0")]
+        old_calls, old_since, calls, since = cast(list[Any], self.r.mget(keys))
+        first = old_since if old_calls is not None and old_since is not None else since
+        total = int(old_calls or 0) + int(calls or 0)
+        sent = policy.sent_rate(total, float(first) if first is not None else now, now)
+        current = _pace(self.r.get(f"{base}:pace"), now)
+        rate = policy.slowed_rate(current, sent)
+        self.r.set(f"{base}:pace", f"{rate!r}|{now!r}", ex=int(policy.PACE_MEMORY))
+        return rate
+
+    def pace(self, account: str, now: float) -> float | None:
+        """The account's learned pace now, if it has one (for status and metrics)."""
+        return _pace(self.r.get(f"{self.prefix}:{account}:pace"), now)
+
+    def hold(self, account: str, until: float, now: float, *, reason: str = "429") -> bool:
+        """Hold the account fleet-wide until `until` (Unix time); True if that moved it on.
+        `reason` is "429" (the provider said so) or "budget" (its stated budget is spent)."""
+        keep_ms = max(1, int((until - now) * 1000)) + 1000
+        field = f"holds|{account}|{reason}"
+        return bool(
+            self._hold(
+                keys=[
+                    f"{self.prefix}:{account}:hold",
+                    self.metrics,
+                    f"{self.prefix}:{account}:lim",
+                ],
+                args=[repr(until), keep_ms, field, int(policy.PACE_MEMORY)],
+            )
+        )
+
+    def held_until(self, account: str, now: float) -> float | None:
+        """When the account's hold ends, if it is held now (for status and metrics)."""
+        value = self.r.get(f"{self.prefix}:{account}:hold")
+        until = float(cast(Any, value)) if value is not None else 0.0
+        return until if until > now else None
 
     def record(self, account: str, now: float, *, calls: int = 1, failures: int = 0) -> bool:
         """Count answers (`failures` of `calls` were 5xx or timeouts); True when they tripped
@@ -69,10 +173,11 @@ class AccountGuard:
         with self.r.pipeline(transaction=False) as pipe:
             pipe.incrby(f"{base}:t:{window}", calls)
             pipe.expire(f"{base}:t:{window}", ttl)
+            pipe.set(f"{base}:t0:{window}", repr(now), nx=True, ex=ttl)  # for the sent rate
             pipe.incrby(f"{base}:f:{window}", failures)
             pipe.expire(f"{base}:f:{window}", ttl)
             pipe.exists(f"{base}:trips")
-            total, _, failed, _, tripped_before = pipe.execute()
+            total, _, _, failed, _, tripped_before = pipe.execute()
         if not policy.breaker_trips(
             total, failed, min_calls=s.breaker_min_calls, ratio=s.breaker_ratio
         ):
@@ -100,3 +205,15 @@ class AccountGuard:
 @cache
 def _limit(text: str | None) -> limits.RateLimitItem | None:
     return limits.parse(text) if text else None
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value or "")
+
+
+def _pace(value: Any, now: float) -> float | None:
+    """A stored pace "rate|since", grown back to what it is now."""
+    if value is None:
+        return None
+    rate, _, since = _text(value).partition("|")
+    return policy.paced_rate(float(rate), float(since), now)

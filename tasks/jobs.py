@@ -6,7 +6,7 @@ import json
 import logging
 from typing import Any
 
-from celery import Task
+from celery import Task, signature
 
 from export_poller.celery import app, settings
 from export_poller.runtime import get_engine, redis_client
@@ -44,26 +44,71 @@ def sweep() -> None:
 
 @app.task(name="exports.track", acks_late=True)
 def track(
-    provider: str,
-    export_id: str,
+    provider: str | None = None,
+    export_id: str | None = None,
     account: str | None = None,
     on_complete: dict[str, Any] | None = None,
     on_failure: dict[str, Any] | None = None,
     metadata: dict[str, Any] | None = None,
     timeout: float | None = None,
-) -> str:
-    """`track_export` by task name, for services that do not import this package."""
-    from export_poller.api import track_export
+    tracking_id: str | None = None,
+    **unexpected: Any,
+) -> str | None:
+    """`track_export` by task name, for services that do not import this package.
 
-    return track_export(
-        provider,
-        export_id,
-        account=account,
-        on_complete=on_complete,
-        on_failure=on_failure,
-        metadata=metadata,
-        timeout=timeout,
+    The caller may not read results, so a refusal is told to it: `on_failure` gets a record
+    in state `refused` with the error's kind and message, and the refusal is logged at WARNING.
+    Missing or unknown arguments are refusals too, not a TypeError only this log would show.
+    """
+    from export_poller.api import track_export
+    from export_poller.providers.errors import ConfigurationError
+
+    try:
+        if unexpected:
+            raise ConfigurationError(
+                f"exports.track has no argument {', '.join(sorted(unexpected))}"
+            )
+        return track_export(
+            provider,  # type: ignore[arg-type]  # checked there: a clear refusal if None
+            export_id,  # type: ignore[arg-type]
+            account=account,
+            on_complete=on_complete,
+            on_failure=on_failure,
+            metadata=metadata,
+            timeout=timeout,
+            tracking_id=tracking_id,
+        )
+    except ConfigurationError as exc:
+        call = {"provider": provider, "export_id": export_id, "account": account}
+        _refuse(exc, call | {"metadata": metadata, "tracking_id": tracking_id}, on_failure)
+        return None
+
+
+def _refuse(exc: Exception, call: dict[str, Any], on_failure: object) -> None:
+    from export_poller.api import callback_signature, callback_warnings, refusal_record
+    from export_poller.providers.errors import ConfigurationError
+    from export_poller.records import full_signature
+
+    record = refusal_record(exc, call)
+    error = record["error"]
+    log.warning(
+        "track refused tracking_id=%s provider=%r export_id=%r kind=%s: %s",
+        record["tracking_id"],
+        record["provider"],
+        record["export_id"],
+        error["kind"],
+        error["message"],
     )
+    try:
+        sig = callback_signature(on_failure, "on_failure")
+    except ConfigurationError:
+        sig = ""
+    if not sig:
+        log.warning("track refusal not told to the caller: no usable on_failure signature")
+        return
+    for warning in callback_warnings(sig):
+        log.warning("track refusal: %s", warning)
+    signature(full_signature(sig), app=app).apply_async((record,))  # type: ignore[arg-type]
 
 
 @app.task(name="exports.record_callback", ignore_result=True, bind=True)

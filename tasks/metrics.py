@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 from export_poller.engine import Engine
 
 _WAITS = ("rate_limited", "throttled")
+_PROBLEMS = ("misconfigured", "credentials_refused")
 
 
 def _split(fields: dict[str, float]) -> dict[str, dict[tuple[str, ...], float]]:
@@ -69,8 +70,25 @@ class PollerCollector(Collector):
             ["provider", "source"],
             waits,
         )
+        yield _family(
+            CounterMetricFamily,
+            "export_poller_account_holds",
+            "Fleet-wide holds of an account: a provider's 429, or its stated budget spent",
+            ["account", "reason"],
+            grouped.get("holds", {}),
+        )
+        problems = {k: v for k, v in polls.items() if k[1] in _PROBLEMS}
+        yield _family(
+            CounterMetricFamily,
+            "export_poller_account_problems",
+            "Polls that found an account missing on a worker or its credentials refused",
+            ["provider", "kind"],
+            problems,
+        )
         yield self._lag(grouped)
         yield self._breakers()
+        yield self._holds()
+        yield self._paces()
         counts = self.engine.store.counts()
         yield GaugeMetricFamily(
             "export_poller_scheduled", "Exports with a scheduled poll", value=counts["scheduled"]
@@ -107,6 +125,31 @@ class PollerCollector(Collector):
         for account in sorted(self.engine.settings.accounts):
             is_open = guard is not None and guard.state(account, now) == "open"
             gauge.add_metric([account], float(is_open))
+        return gauge
+
+    def _holds(self) -> Metric:
+        gauge = GaugeMetricFamily(
+            "export_poller_account_held_seconds",
+            "Seconds until an account's fleet-wide hold ends (0 when it is not held)",
+            labels=["account"],
+        )
+        guard, now = self.engine.guard, time.time()
+        for account in sorted(self.engine.settings.accounts):
+            until = guard.held_until(account, now) if guard is not None else None
+            gauge.add_metric([account], 0.0 if until is None else until - now)
+        return gauge
+
+    def _paces(self) -> Metric:
+        gauge = GaugeMetricFamily(
+            "export_poller_account_pace",
+            "Requests per second an account is paced at after 429s (absent while unpaced)",
+            labels=["account"],
+        )
+        guard, now = self.engine.guard, time.time()
+        for account in sorted(self.engine.settings.accounts):
+            rate = guard.pace(account, now) if guard is not None else None
+            if rate is not None:
+                gauge.add_metric([account], rate)
         return gauge
 
 

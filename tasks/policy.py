@@ -6,10 +6,11 @@ rules that decide when a user's callback fires are tested on their own.
 
 from __future__ import annotations
 
+import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from export_poller.providers import errors
 from export_poller.providers.models import ExportStatus
@@ -19,17 +20,18 @@ TERMINAL_STATES: frozenset[str] = frozenset({"completed", "failed", "timed_out",
 FAILURE_STATES: frozenset[str] = frozenset({"failed", "timed_out"})
 
 Outcome = ExportStatus | errors.ProviderError
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class Backoff:
-    """Capped exponential backoff with full jitter and a small floor."""
+    """Capped exponential backoff with full jitter and a small floor; `maximum` is also the
+    longest progress-aware wait, so the user's one setting bounds every wait we choose."""
 
     initial: float = 10.0
     factor: float = 2.0
     maximum: float = 240.0
     floor: float = 1.0
-    progress_max: float = 3600.0
 
     def ceiling(self, attempt: int) -> float:
         """The largest wait after `attempt` polls (1-based); the exponent is capped."""
@@ -51,11 +53,16 @@ class PollContext:
     refusals: int = 0
     started_at: float = 0.0
     state: str = "pending"
+    suspect: bool = False  # its last poll found it to be a bulk request's poison id
 
 
 @dataclass(frozen=True)
 class Decision:
-    """The record's next state; `next_poll_at` is None exactly when the state is terminal."""
+    """The record's next state; `next_poll_at` is None exactly when the state is terminal.
+
+    `not_before` is set when the wait is the provider's (or an account hold's), not ours: no
+    poll may run before it, where our own backoff tolerates a poll a little early.
+    """
 
     state: str
     next_poll_at: float | None
@@ -63,6 +70,7 @@ class Decision:
     error: dict[str, Any] | None = None
     status: ExportStatus | None = None
     counted: bool = True
+    not_before: float | None = None
 
     @property
     def terminal(self) -> bool:
@@ -86,13 +94,13 @@ def estimated_finish(status: ExportStatus, started_at: float, now: float) -> flo
 # uneven rate: a quarter of the estimated time left (an estimate from a few partitions can be
 # off by 2-3x), at most the time the job has run so far (no leap on an early, shaky estimate),
 # at least 1% of it (which bounds the polls on a job stalled near the end), at most
-# POLLER_PROGRESS_MAX_WAIT (an hour by default).
+# POLLER_BACKOFF_MAX (the user's one cap on any wait).
 PROGRESS_SHARE = 0.25
 PROGRESS_MIN_SHARE_OF_ELAPSED = 0.01
 
 
 def progress_wait(
-    status: ExportStatus, started_at: float, now: float, floor: float, ceiling: float = 3600.0
+    status: ExportStatus, started_at: float, now: float, floor: float, ceiling: float
 ) -> float | None:
     """How long to wait when the provider says how far along it is; None without an estimate.
 
@@ -117,7 +125,13 @@ def decide(
     confirm_refusals: int = 3,
     rand: Callable[[], float] = random.random,
 ) -> Decision:
-    """Map one poll's outcome to the record's next state and next poll time."""
+    """Map one poll's outcome to the record's next state and next poll time.
+
+    An export already found to poison bulk requests that fails its request again the same
+    way is refused again: that is how its refusal is confirmed when it is asked alone.
+    """
+    if ctx.suspect:
+        outcome = isolate(outcome, neighbours_answered=True)
     if isinstance(outcome, ExportStatus):
         return _on_status(ctx, outcome, now, backoff, rand)
     if isinstance(outcome, errors.RateLimited):
@@ -134,7 +148,7 @@ def _on_status(
         return Decision(state=status.state, next_poll_at=None, status=status)
     if now >= ctx.deadline:
         return Decision(state="timed_out", next_poll_at=None, status=status)
-    wait = progress_wait(status, ctx.started_at, now, backoff.floor, backoff.progress_max)
+    wait = progress_wait(status, ctx.started_at, now, backoff.floor, backoff.maximum)
     if wait is None:
         wait = backoff.delay(ctx.attempts, rand)
     return Decision(
@@ -143,15 +157,18 @@ def _on_status(
 
 
 def _on_rate_limited(ctx: PollContext, exc: errors.RateLimited, now: float) -> Decision:
-    """Poll no sooner than told; the attempt does not count, since the provider did not look."""
+    """Poll no sooner than told, strictly; the attempt does not count (the provider did not
+    look)."""
     if now >= ctx.deadline:
         return Decision(state="timed_out", next_poll_at=None, error=exc.as_dict())
+    at = now + max(exc.retry_after, 0.0)
     return Decision(
         state=ctx.state,
-        next_poll_at=now + max(exc.retry_after, 0.0),
+        next_poll_at=at,
         refusals=ctx.refusals,
         error=exc.as_dict(),
         counted=False,
+        not_before=at,
     )
 
 
@@ -234,3 +251,103 @@ def group_trains(delays: list[float], *, spread: float, most: int) -> list[list[
         else:
             groups.append([i])
     return groups
+
+
+# -- bulk requests: finding the one id that fails a whole request ------------------------------
+
+
+def batch_suspect(exc: errors.ProviderError) -> bool:
+    """Whether a whole bulk request's failure may be one id's fault, so splitting it can help.
+
+    A 4xx other than 401/403/429, a 5xx or an off-spec body may come from one bad id; refused
+    credentials, rate limits, maintenance and a silent network speak for the whole account.
+    """
+    if isinstance(exc, errors.CredentialsRefused | errors.Maintenance | errors.RateLimited):
+        return False
+    return isinstance(exc, errors.Refused | errors.ServerError | errors.BadResponse)
+
+
+def bisect_budget(size: int) -> int:
+    """Extra requests a failed bulk request of `size` ids may cost while it is bisected: two
+    per level finds one poison id in O(log n), and the budget covers two; an outage that fails
+    every half therefore costs a bounded number of requests, not 2n."""
+    return 0 if size <= 1 else 4 * math.ceil(math.log2(size))
+
+
+def halves(items: Sequence[T]) -> tuple[list[T], list[T]]:
+    middle = (len(items) + 1) // 2
+    return list(items[:middle]), list(items[middle:])
+
+
+def isolate(exc: Outcome, *, neighbours_answered: bool) -> Outcome:
+    """What one id's own failed request means once bisecting reached it alone.
+
+    If other parts of the same bulk request were answered, the provider is up and this id is
+    what fails it: a refusal of this export (confirmed like any other), never a breaker
+    failure. If nothing was answered, it may be an outage: the error stands as it is.
+    """
+    if not isinstance(exc, errors.ProviderError) or not neighbours_answered:
+        return exc
+    if isinstance(exc, errors.Refused) or not batch_suspect(exc):
+        return exc
+    return errors.Poisoned(
+        f"{exc.message} (this export alone makes the bulk request fail)",
+        status_code=exc.status_code,
+    )
+
+
+def counts_as_failure(outcome: Outcome) -> bool:
+    """An answer the breaker counts against the provider: 5xx or no answer at all."""
+    return isinstance(outcome, errors.ServerError | errors.TransportError)
+
+
+# -- pacing: staying inside an account's budget ---------------------------------------------------
+
+BUDGET_RESERVE_SHARE = 0.03
+
+
+def budget_hold(remaining: int, limit: int | None, reset_at: float, now: float) -> float | None:
+    """When a provider states its budget, the time to hold the account until, or None.
+
+    The fleet spends the window's budget and stops when what is left is a small reserve (3%
+    of the limit, at least one request): requests other workers already have in flight land
+    in the reserve instead of drawing a 429. It resumes when the window resets.
+    """
+    reserve = max(1, math.ceil((limit or 0) * BUDGET_RESERVE_SHARE))
+    if remaining > reserve or reset_at <= now:
+        return None
+    return reset_at
+
+
+# Where a provider states no budget, a 429 is all it says. The fleet then learns a pace, as the
+# AWS SDKs' adaptive retry mode does: a 429 cuts the rate to 70% of what was being sent
+# (multiplicative decrease), and the rate grows back by 4% of that per second while no 429
+# comes (additive increase), probing for the limit again. A pace not cut for ten minutes is
+# forgotten.
+PACE_DECREASE = 0.7
+PACE_GROWTH = 0.04
+PACE_MEMORY = 600.0
+PACE_MIN = 0.05  # requests per second: a pace never stops an account altogether
+
+
+def paced_rate(rate: float, since: float, now: float) -> float:
+    """The pace now, `now - since` seconds after a 429 set it to `rate` requests per second."""
+    return rate * (1.0 + PACE_GROWTH * max(0.0, now - since))
+
+
+def slowed_rate(current: float | None, sent: float) -> float:
+    """The pace after a 429: 70% of what the fleet was sending (or of its pace, if lower)."""
+    base = sent if current is None else min(current, sent)
+    return max(PACE_MIN, PACE_DECREASE * base)
+
+
+def sent_rate(calls: int, since: float, now: float) -> float:
+    """Requests per second the fleet sent: the breaker's count of them since `since`, the
+    first count of the oldest window that has one (at least a second, so a first burst reads
+    high, not infinite; a pace set too high is cut again by the next 429)."""
+    return calls / max(1.0, now - since)
+
+
+def pace_tolerance(rate: float) -> float:
+    """Seconds of burst a pace allows: about one second's worth of requests, at least one."""
+    return max(1.0 / rate, 1.0)

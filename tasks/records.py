@@ -14,7 +14,15 @@ from typing import Any
 from export_poller.providers.models import ExportStatus
 
 SHORT = 64
-_FLOATS = ("created_at", "updated_at", "deadline", "next_poll_at", "finished_at", "callback_at")
+_FLOATS = (
+    "created_at",
+    "updated_at",
+    "deadline",
+    "next_poll_at",
+    "not_before",
+    "finished_at",
+    "callback_at",
+)
 _SIGNATURE_DEFAULTS: dict[str, Any] = {
     "args": [],
     "kwargs": {},
@@ -75,7 +83,22 @@ def public_view(tid: str, fields: dict[str, str]) -> dict[str, Any]:
     for name in _FLOATS:
         value = fields.get(name)
         view[name] = float(value) if value else None
-    return view
+    return view | _operations(fields)
+
+
+def _operations(fields: dict[str, str]) -> dict[str, Any]:
+    """What operators did to a finished record (refresh, redeliver) and delivery warnings;
+    present only when they happened, so the usual record keeps its shape."""
+    out: dict[str, Any] = {}
+    for name in ("redeliveries", "refreshes"):
+        if fields.get(name):
+            out[name] = int(fields[name])
+    for name in ("redelivered_at", "refreshed_at"):
+        if fields.get(name):
+            out[name] = float(fields[name])
+    if fields.get("warning"):
+        out["warning"] = fields["warning"]
+    return out
 
 
 def _status(fields: dict[str, str]) -> dict[str, Any] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from functools import cache
 from typing import Any
@@ -15,6 +16,8 @@ from export_poller.engine import Engine
 from export_poller.guards import AccountGuard
 from export_poller.store import Store
 
+log = logging.getLogger("export_poller.callbacks")
+
 # Below this a countdown costs more (the worker's ETA timer) than the wait it buys.
 _MIN_COUNTDOWN = 0.05
 
@@ -27,6 +30,10 @@ def _send_poll(pairs: Sequence[tuple[str, str]], countdown: float) -> None:
 
 
 def _send_callback(sig: dict[str, Any], record: dict[str, Any]) -> None:
+    from export_poller.api import callback_warnings
+
+    for warning in callback_warnings(sig):  # said at track time too, and kept in the record
+        log.warning("tracking_id=%s: %s", record.get("tracking_id"), warning)
     signature(sig, app=app).apply_async((record,))
 
 
@@ -50,10 +57,12 @@ def reconfigure() -> None:
     reset_settings()
     get_engine.cache_clear()
     redis_client.cache_clear()
-    app.conf.update(broker_url=get_settings().broker)
+    app.conf.update(broker_url=get_settings().broker, task_default_queue=get_settings().queue)
     # Celery has no public call to drop its broker pools; without this, messages would still
     # go to the broker this process first connected to.
     # (kombu keeps pools per broker URL in a global registry; closing them here would break
     # the next user of the same URL, so the references are only dropped.)
     setattr(app, "_pool", None)  # noqa: B010 - private to Celery, hence no attribute stub
     setattr(app.amqp, "_producer_pool", None)  # noqa: B010
+    for cached in ("default_queue", "queues", "router"):  # built from task_default_queue
+        app.amqp.__dict__.pop(cached, None)

@@ -40,6 +40,8 @@ _SIG_SLACK = 3600.0
 DIGEST_CHARS = 20
 # Seconds a poll may run before its planned time: covers clock skew between workers and the
 # engine's train spread (follow-ups up to 1 s apart leave in one message at the earliest time).
+# Only our own backoff is this loose: a record's `not_before` (a provider's Retry-After or
+# X-RateLimit-Reset, an account hold) is a hard floor for claims and for train take-along.
 _EARLY = 2.0
 
 _TRACK = """
@@ -64,12 +66,14 @@ _CLAIM = """
 local now, out = tonumber(ARGV[1]), {}
 for i = 6, #ARGV, 2 do
   local tid, key = ARGV[i], ARGV[5] .. 'x:' .. ARGV[i]
-  local v = redis.call('HMGET', key, 'token', 'state', 'lease_until', 'next_poll_at', 'account')
+  local v = redis.call(
+    'HMGET', key, 'token', 'state', 'lease_until', 'next_poll_at', 'account', 'not_before')
   local why = nil
   if not v[1] then why = 'missing'
   elseif v[1] ~= ARGV[i + 1] then why = 'stale'
   elseif v[2] ~= 'pending' and v[2] ~= 'running' then why = 'done'
   elseif v[3] and tonumber(v[3]) > now then why = 'busy'
+  elseif v[6] and tonumber(v[6]) > now then why = 'wait:' .. v[6]
   elseif v[4] and tonumber(v[4]) > now + tonumber(ARGV[4]) then why = 'early'
   end
   if why then
@@ -127,7 +131,7 @@ _COMMIT = f"""
 local before = redis.call('HMGET', KEYS[1], 'claim', 'state', 'provider')
 if before[1] ~= ARGV[2] then return 0 end
 local P = ARGV[7]
-redis.call('HDEL', KEYS[1], 'claim', 'lease_until')
+redis.call('HDEL', KEYS[1], 'claim', 'lease_until', 'not_before')
 redis.call('HSET', KEYS[1], 'token', ARGV[6], unpack(ARGV, 10))
 redis.call('HINCRBY', P .. 'metrics', 'polls|' .. before[3] .. '|' .. ARGV[9], 1)
 move(P .. 'metrics', before[3], before[2], redis.call('HGET', KEYS[1], 'state'))
@@ -187,11 +191,13 @@ local out = {}
 for _, tid in ipairs(due) do
   if #out >= 2 * limit then break end
   local key = ARGV[5] .. tid
-  local v = redis.call('HMGET', key, 'state', 'lease_until')
+  local v = redis.call('HMGET', key, 'state', 'lease_until', 'not_before')
   if v[1] ~= 'pending' and v[1] ~= 'running' then
     redis.call('ZREM', KEYS[1], tid)
   elseif v[2] and tonumber(v[2]) > tonumber(ARGV[1]) then
     redis.call('ZADD', KEYS[1], v[2], tid)
+  elseif v[3] and tonumber(v[3]) > tonumber(ARGV[1]) then
+    -- a provider's stated time: not taken along early, left where it is
   else
     redis.call('HSET', key, 'lease_until', ARGV[2], 'claim', ARGV[3])
     redis.call('ZADD', KEYS[2], ARGV[2], tid)
@@ -201,6 +207,28 @@ for _, tid in ipairs(due) do
   end
 end
 return out
+"""
+
+# A caller-chosen id: a repeat with the same (account, export id) is the same tracking; an id
+# already used by another export is refused (""), never overwritten.
+_TRACK_AS = (
+    """
+local taken = redis.call('HGET', KEYS[2], 'idem')
+if taken then
+  if taken == ARGV[2] then return {0, ARGV[1]} end
+  return {0, ''}
+end
+"""
+    + _TRACK
+)
+
+# A finished export answered again (`refresh`) or its callback sent again (`redeliver`): only a
+# finished record changes, and the counter says how often.  ARGV: counter field, then pairs.
+_NOTE_FINISHED = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state or state == 'pending' or state == 'running' then return -1 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+return redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
 """
 
 _CLAIM_OUTBOX = """
@@ -291,6 +319,8 @@ class Store:
         self._claim_due = client.register_script(_CLAIM_DUE)
         self._release = client.register_script(_RELEASE)
         self._claim_outbox = client.register_script(_CLAIM_OUTBOX)
+        self._track_as = client.register_script(_TRACK_AS)
+        self._note_finished = client.register_script(_NOTE_FINISHED)
 
     def key(self, tid: str) -> str:
         return f"{self.prefix}:x:{tid}"
@@ -330,10 +360,30 @@ class Store:
         created, existing = self._track(keys=keys, args=args)
         return bool(created), _text(existing)
 
+    def track_as(
+        self, tid: str, fields: Mapping[str, Any], *, rescue_at: float
+    ) -> tuple[bool, str]:
+        """`track` under a caller-chosen id: (False, tid) for a repeat of the same export,
+        (False, other) if the export is active under another id, (False, "") if the id is taken."""
+        account, export_id = str(fields["account"]), str(fields["export_id"])
+        digest = idem_digest(account, export_id)
+        args: list[Arg] = [tid, digest, rescue_at, _encode(fields["next_poll_at"])]
+        args += [f"{self.prefix}:x:", *_pairs({**fields, "idem": digest})]
+        keys = [self.idem, self.key(tid), self.sched, self.metrics, self.due_key(account)]
+        created, existing = self._track_as(keys=keys, args=args)
+        return bool(created), _text(existing)
+
+    def note_finished(self, tid: str, counter: str, fields: Mapping[str, Any]) -> int | None:
+        """Write fields on a finished record and count the event; None if it is not finished."""
+        args: list[Arg] = [counter, *_pairs(fields)]
+        count = int(self._note_finished(keys=[self.key(tid)], args=args))
+        return None if count < 0 else count
+
     def claim(
         self, tid: str, token: str, claim_id: str, *, now: float, lease_until: float
     ) -> Claim | str:
-        """Take the poll lease, or say why not: missing, stale, done, busy or early."""
+        """Take the poll lease, or say why not: missing, stale, done, busy, early, or
+        `wait:<time>` when the record may not be polled before a provider's stated time."""
         return self.claim_many([(tid, token)], claim_id, now=now, lease_until=lease_until)[0]
 
     def claim_many(
@@ -471,6 +521,16 @@ class Store:
         cut = len(self.prefix) + 3
         for key in self.r.scan_iter(match=f"{self.prefix}:x:*", count=count):
             yield _text(key)[cut:]
+
+    def ids_with_prefix(self, prefix: str, limit: int = 10) -> list[str]:
+        """Tracking ids starting with `prefix` (an operator's shortened id), at most `limit`;
+        a SCAN, so for the CLI only. The prefix must hold no glob characters."""
+        cut, found = len(self.prefix) + 3, []
+        for key in self.r.scan_iter(match=f"{self.prefix}:x:{prefix}*", count=1000):
+            found.append(_text(key)[cut:])
+            if len(found) >= limit:
+                break
+        return sorted(found)
 
     def metric_fields(self) -> dict[str, float]:
         raw = cast(dict[Any, Any], self.r.hgetall(self.metrics))

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import Any
 
-COLUMNS = ("tracking id", "provider", "account", "export id", "state", "tries", "progress", "next")
+COLUMNS = (
+    "tracking id",
+    "provider",
+    "account",
+    "export id",
+    "state",
+    "tries",
+    "progress",
+    "next",
+    "updated",
+)
 _BAR = 10
 
 
@@ -20,10 +32,15 @@ def progress_bar(record: dict[str, Any]) -> str:
 
 
 def next_poll(record: dict[str, Any], now: float | None = None) -> str:
+    """Seconds to the next poll; "held" while the account waits out a provider's 429."""
     when = record.get("next_poll_at")
     if record.get("state") not in ("pending", "running") or when is None:
         return "-"
-    return f"{max(0.0, when - (now or time.time())):.1f}s"
+    now = now or time.time()
+    held = record.get("account_held_until")
+    if held is not None and held > now:
+        return f"held {held - now:.1f}s"
+    return f"{max(0.0, when - now):.1f}s"
 
 
 def row(record: dict[str, Any], now: float | None = None) -> tuple[str, ...]:
@@ -37,6 +54,7 @@ def row(record: dict[str, Any], now: float | None = None) -> tuple[str, ...]:
         str(record.get("attempts")),
         progress_bar(record),
         next_poll(record, now),
+        iso(record.get("updated_at")),
     )
 
 
@@ -44,4 +62,25 @@ def render(records: Iterable[dict[str, Any]], now: float | None = None) -> str:
     rows = [COLUMNS, *(row(r, now) for r in records)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(lines)
+
+
+def iso(when: object) -> str:
+    """A Unix time as ISO-8601 UTC to the second (`2026-11-25T17:02:16Z`); '-' when unset."""
+    if not isinstance(when, int | float) or isinstance(when, bool):
+        return "-"
+    return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def describe(record: dict[str, Any]) -> str:
+    """One record for people: `key: value` lines, times in ISO-8601 UTC, nested values as JSON."""
+    lines = []
+    for key, value in record.items():
+        if key.endswith("_at") or key == "deadline":
+            text = iso(value)
+        elif isinstance(value, dict | list):
+            text = json.dumps(value, sort_keys=True, separators=(", ", ": ")) if value else "-"
+        else:
+            text = "-" if value is None else str(value)
+        lines.append(f"{key}: {text}")
     return "\n".join(lines)

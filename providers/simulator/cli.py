@@ -23,12 +23,72 @@ from export_poller.providers.simulator.options import (
     SimulatorOptions,
 )
 
+# The status call of each provider, as the simulator serves it (the provider's real path).
+STATUS_ROUTES = (
+    ("chaossearch", "POST /bulkexport/status", "AWS SigV4 (service s3)"),
+    ("saymon", "GET  /node/api/bulk/{id}/status", "HTTP basic"),
+    ("biodatacatalyst", "GET  /v2/storage/exports/{id}", "X-SBG-Auth-Token"),
+    ("cgc", "POST /v2/bulk/storage/exports/get", "X-SBG-Auth-Token"),
+    ("cometly", "GET  /public-api/v1/events/exports/{id}", "Authorization: Bearer"),
+)
+CONTROL_ROUTES = (
+    ("POST /_sim/jobs", 'create a job: {"provider", "outcome", "running_polls", "faults", ...}'),
+    ("POST /_sim/jobs/bulk", "create several: [spec, ...]"),
+    ("GET  /_sim/jobs/{provider}/{id}", "a job's state and bookkeeping"),
+    ("GET  /_sim/stats", "requests per provider and credential, busiest rate window"),
+    ("POST /_sim/faults", 'global faults: {"rate", "kinds", "providers"}'),
+    ("GET  /_sim/faults", "the global fault setting"),
+    ("POST /_sim/reset", "forget jobs, counters, windows and faults"),
+    ("GET  /_sim/health", '{"ok": true}'),
+)
 
-def build_parser() -> argparse.ArgumentParser:
+
+def banner_data(url: str, options: SimulatorOptions) -> dict[str, Any]:
+    """What a user needs to point accounts at the simulator: URLs, logins, control routes."""
+    return {
+        "url": url,
+        "status": [
+            {"provider": p, "route": r.replace("  ", " "), "base_url": url, "auth": a}
+            for p, r, a in STATUS_ROUTES
+        ],
+        "logins": {
+            "tokens": list(options.tokens),
+            "users": dict(options.users),
+            "aws_keys": dict(options.aws_keys),
+            "region": options.region,
+        },
+        "control": [{"route": r.replace("  ", " "), "does": d} for r, d in CONTROL_ROUTES],
+    }
+
+
+def banner(url: str, options: SimulatorOptions) -> str:
+    """The start-up banner; its first line ends with the URL, as scripts expect."""
+    users = ", ".join(f"{u}:{p}" for u, p in options.users.items())
+    keys = ", ".join(f"{a}:{s}" for a, s in options.aws_keys.items())
+    lines = [f"provider simulator listening on {url}", "", "status APIs (base URL for all):"]
+    lines += [f"  {p:<16} {r:<45} {a}" for p, r, a in STATUS_ROUTES]
+    lines += [
+        "",
+        "logins (fake, for local tests only):",
+        f"  token (biodatacatalyst, cgc, cometly): {', '.join(options.tokens)}",
+        f"  saymon basic auth user:password: {users}",
+        f"  chaossearch access:secret key: {keys}  region {options.region}",
+        "",
+        "control API (no auth, local only):",
+    ]
+    lines += [f"  {r:<34} {d}" for r, d in CONTROL_ROUTES]
+    lines += ["", f'e.g. curl -s -X POST {url}/_sim/jobs -d \'{{"provider": "cometly"}}\'']
+    return "\n".join(lines)
+
+
+def build_parser(
+    prog: str = "python -m export_poller.providers.simulator",
+) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m export_poller.providers.simulator",
+        prog=prog,
         description="Serve the status APIs of ChaosSearch, SAYMON, BioDataCatalyst, CGC and "
-        "Cometly with simulated export jobs, faults and rate limits.",
+        "Cometly with simulated export jobs, faults and rate limits. The start-up banner lists "
+        "the base URL, the logins and the control API's routes.",
     )
     add = parser.add_argument
     add("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
@@ -53,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--seed", type=int, default=0, help="seed of the fault generator (default: 0)")
     add("--script", type=Path, help='JSON file: a list of jobs, or {"jobs": [...], "faults": {}}')
     add("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    add("--json", action="store_true", help="print the start-up banner as one line of JSON")
     return parser
 
 

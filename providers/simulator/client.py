@@ -55,6 +55,7 @@ class SimulatorClient:
         partitions: int | None = None,
         owner: str | None = None,
         faults: Sequence[Mapping[str, Any]] | None = None,
+        poison: str | None = None,
     ) -> JobId:
         """Create one job; unset fields take the simulator's defaults (1 pending, 1 running).
 
@@ -69,6 +70,7 @@ class SimulatorClient:
             "partitions": partitions,
             "owner": owner,
             "faults": list(faults) if faults is not None else None,
+            "poison": poison,
         }
         spec: dict[str, Any] = {"provider": provider, "outcome": outcome}
         spec.update({key: value for key, value in optional.items() if value is not None})
@@ -88,6 +90,16 @@ class SimulatorClient:
 
     def reset(self) -> None:
         self._call("POST", "/_sim/reset")
+
+    def set_limit(self, provider: str, limit: str) -> dict[str, Any]:
+        """Per-credential limit of one provider, as `N/SECONDS` ("0" removes it)."""
+        return self._call("POST", "/_sim/limits", {"provider": provider, "limit": limit})
+
+    def requests(self, provider: str | None = None) -> list[dict[str, Any]]:
+        """Every request the simulator answered (the most recent 50,000), oldest first."""
+        query = f"?provider={quote(provider)}" if provider else ""
+        found: list[dict[str, Any]] = self._call("GET", f"/_sim/requests{query}")["requests"]
+        return found
 
     def set_faults(
         self,

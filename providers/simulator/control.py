@@ -6,7 +6,11 @@
     GET  /_sim/stats                     -> per provider and per credential counters
     POST /_sim/faults                    {"rate", "kinds", "providers", ...} -> the setting
     GET  /_sim/faults                    -> the setting
-    POST /_sim/reset                     forget jobs, counters, windows and global faults
+    POST /_sim/limits                    {"provider": "cgc", "limit": "30/10"} -> the limits
+                                         ("0" or "off" removes it; reset restores start-up's)
+    GET  /_sim/requests[?provider=cgc]   -> every request's arrival time, credential, status
+                                         and, for a 429, the time it said to wait for
+    POST /_sim/reset                     forget jobs, counters, windows, limits, global faults
     GET  /_sim/health                    -> {"ok": true}
 
 Errors are `{"error": "..."}` with 400 (bad spec), 404, 405 or 409 (duplicate id).
@@ -20,6 +24,8 @@ A job spec (unknown fields are refused):
      "duration_s": 30,                            # by time: pending for 10%, terminal after
      "partitions": 10,                  # ChaosSearch progress units
      "owner": "sim-token",              # only this credential sees the job (others get 404)
+     "poison": "400",                   # cgc only: any bulk request naming this job fails
+                                        # as a whole: "400", "500" or "garbage" (off-spec 200)
      "faults": [{"kind": "503", "polls": [1, 2]},            # at these 1-based polls, or
                 {"kind": "429", "rate": 0.3, "retry_after": 2},  # with a probability
                 {"kind": "slow", "polls": [3], "delay_s": 1.5}]}
@@ -32,10 +38,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qs
 
 from export_poller.providers.simulator.faults import FaultPlan, parse_global
-from export_poller.providers.simulator.fields import SpecError
+from export_poller.providers.simulator.fields import SpecError, as_object, get_str
 from export_poller.providers.simulator.limits import RateLimiter
+from export_poller.providers.simulator.options import PROVIDERS, RateLimit
 from export_poller.providers.simulator.stats import Stats
 from export_poller.providers.simulator.store import DuplicateJob, JobStore
 from export_poller.providers.simulator.wsgi import BadRequest, Request, Response
@@ -67,6 +75,8 @@ class Control:
             ("GET", "/_sim/stats"): self._stats_view,
             ("POST", "/_sim/faults"): self._set_faults,
             ("GET", "/_sim/faults"): self._faults_view,
+            ("POST", "/_sim/limits"): self._set_limit,
+            ("GET", "/_sim/requests"): self._requests,
             ("POST", "/_sim/reset"): self._reset,
             ("GET", "/_sim/health"): self._health,
         }
@@ -125,6 +135,22 @@ class Control:
 
     def _faults_view(self, request: Request) -> Response:
         return Response.json(200, self._faults.current.as_dict())
+
+    def _set_limit(self, request: Request) -> Response:
+        spec = as_object(request.json(), "limits")
+        provider, text = get_str(spec, "provider"), get_str(spec, "limit")
+        if provider not in PROVIDERS or text is None:
+            raise SpecError(f"give a provider among {list(PROVIDERS)} and a limit like '30/10'")
+        try:
+            limit = RateLimit.parse(text)
+        except ValueError as exc:
+            raise SpecError(str(exc)) from exc
+        self._limiter.configure(provider, limit)
+        return Response.json(200, self._limiter.limits())
+
+    def _requests(self, request: Request) -> Response:
+        provider = parse_qs(request.query).get("provider", [None])[0]
+        return Response.json(200, {"requests": self._stats.requests(provider)})
 
     def _reset(self, request: Request) -> Response:
         self._store.reset()

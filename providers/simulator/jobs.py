@@ -87,6 +87,7 @@ class Job:
     owner: str | None
     faults: tuple[Fault, ...]
     created_at: float
+    poison: str | None = None
     polls: int = 0
     answered: int = 0
     faulted: int = 0
@@ -181,6 +182,7 @@ class Job:
             "polls": self.polls,
             "answered": self.answered,
             "faulted": self.faulted,
+            "poison": self.poison,
             "created_at": self.created_at,
             "started_at": started,
             "finished_at": finished,

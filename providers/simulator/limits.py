@@ -46,9 +46,24 @@ class RateLimiter:
     """One window per (provider, credential); providers without a limit are never counted."""
 
     def __init__(self, limits: Mapping[str, RateLimit | None]) -> None:
-        self._limits = {name: limit for name, limit in limits.items() if limit is not None}
+        self._initial = {name: limit for name, limit in limits.items() if limit is not None}
+        self._limits = dict(self._initial)
         self._lock = threading.Lock()
         self._windows: dict[tuple[str, str], _Window] = {}
+
+    def configure(self, provider: str, limit: RateLimit | None) -> None:
+        """Change one provider's limit at run time (`POST /_sim/limits`); windows restart."""
+        with self._lock:
+            if limit is None:
+                self._limits.pop(provider, None)
+            else:
+                self._limits[provider] = limit
+            for key in [k for k in self._windows if k[0] == provider]:
+                del self._windows[key]
+
+    def limits(self) -> dict[str, str]:
+        with self._lock:
+            return {name: str(limit) for name, limit in sorted(self._limits.items())}
 
     def limit_for(self, provider: str) -> RateLimit | None:
         return self._limits.get(provider)
@@ -90,5 +105,7 @@ class RateLimiter:
             }
 
     def reset(self) -> None:
+        """Forget the windows and go back to the limits the simulator started with."""
         with self._lock:
             self._windows.clear()
+            self._limits = dict(self._initial)

@@ -15,6 +15,7 @@ from another thread without touching waitress internals: it sets a flag and wake
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import sys
@@ -28,7 +29,12 @@ from waitress import wasyncore
 from waitress.server import BaseWSGIServer, create_server
 
 from export_poller.providers.simulator.app import SimulatorApp
-from export_poller.providers.simulator.cli import build_parser, options_from_args
+from export_poller.providers.simulator.cli import (
+    banner,
+    banner_data,
+    build_parser,
+    options_from_args,
+)
 from export_poller.providers.simulator.client import SimulatorClient
 from export_poller.providers.simulator.options import OptionFields, SimulatorOptions, make_options
 
@@ -175,9 +181,13 @@ def _stop_on_signals(stop: threading.Event) -> dict[signal.Signals, _Handler]:
     return previous
 
 
-def main(argv: list[str] | None = None) -> int:
+def _banner(url: str, options: SimulatorOptions, as_json: bool) -> str:
+    return json.dumps(banner_data(url, options)) if as_json else banner(url, options)
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """CLI entry point; returns the exit status instead of exiting, for the project CLI."""
-    parser = build_parser()
+    parser = build_parser(prog) if prog else build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:
@@ -192,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             args.port,
             threads=args.threads,
             options=options,
-            on_ready=lambda url: print(f"provider simulator listening on {url}", flush=True),
+            on_ready=lambda url: print(_banner(url, options, args.json), flush=True),
         )
     except (OSError, ValueError) as exc:
         print(f"provider simulator: {exc}", file=sys.stderr)

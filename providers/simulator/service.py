@@ -63,6 +63,7 @@ class StatusService:
             self._stats.record(dialect.name, credential, RESET)
             raise
         self._stats.record(dialect.name, credential, response.status)
+        self._stats.log(dialect.name, credential, self._clock(), response)
         return response
 
     def _authorized(self, dialect: Dialect, request: Request, credential: str) -> Response:
@@ -84,6 +85,9 @@ class StatusService:
         choose = partial(
             self._faults.choose, dialect.name, allow_redirect=dialect.can_redirect(request)
         )
+        poison = self._store.poison(dialect.name, ids, credential)
+        if poison is not None:
+            return garbage() if poison == "garbage" else dialect.error(int(poison))
         poll = self._store.poll(dialect.name, ids, credential, choose)
         if poll.fault is None:
             return dialect.render(request, poll.views, self._clock())

@@ -29,7 +29,21 @@ SPEC_KEYS = (
     "partitions",
     "owner",
     "faults",
+    "poison",
 )
+POISON_KINDS = ("400", "500", "garbage")
+"""How a CGC bulk request naming a poison job fails as a whole: 400, 500 or an off-spec 200."""
+
+
+def _poison(spec: Mapping[str, Any], provider: str) -> str | None:
+    value = get_str(spec, "poison")
+    if value is None:
+        return None
+    if provider != "cgc":
+        raise SpecError("poison exists for cgc (bulk requests) only")
+    if value not in POISON_KINDS:
+        raise SpecError(f"poison must be one of {list(POISON_KINDS)}, got {value!r}")
+    return value
 
 
 def _plan(spec: Mapping[str, Any]) -> PollPlan | TimePlan:
@@ -89,4 +103,5 @@ def build_job(
         owner=owner,
         faults=fault_list(spec.get("faults"), provider),
         created_at=now,
+        poison=_poison(spec, provider),
     )

@@ -4,18 +4,34 @@ answered, so tests and benchmarks can check the poller's behaviour from the prov
 from __future__ import annotations
 
 import threading
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Mapping
 from typing import Any
 
 from export_poller.providers.simulator.limits import WindowStats
 from export_poller.providers.simulator.options import PROVIDERS
+from export_poller.providers.simulator.wsgi import Response
 
 UNAUTHENTICATED = "(unauthenticated)"
 """Credential label of refused requests: a wrong secret must not become a stats key."""
 
 RESET = "reset"
 """Status label of requests answered by dropping the connection."""
+
+LOG_SIZE = 50_000
+"""Requests kept in the log behind `GET /_sim/requests` (the most recent ones)."""
+
+
+def stated_until(response: Response, now: float) -> float | None:
+    """The time a 429 told the client to wait for: `Retry-After` or `X-RateLimit-Reset`."""
+    if response.status != 429:
+        return None
+    headers = dict(response.headers)
+    if "Retry-After" in headers:
+        return now + float(headers["Retry-After"])
+    if "X-RateLimit-Reset" in headers:
+        return float(headers["X-RateLimit-Reset"])
+    return None
 
 
 class Stats:
@@ -24,6 +40,7 @@ class Stats:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._answers: dict[tuple[str, str], Counter[str]] = {}
+        self._log: deque[tuple[float, str, str, int, float | None]] = deque(maxlen=LOG_SIZE)
 
     def record(self, provider: str, credential: str, status: int | str) -> None:
         key = (provider, credential)
@@ -33,9 +50,26 @@ class Stats:
                 counter = self._answers[key] = Counter()
             counter[str(status)] += 1
 
+    def log(self, provider: str, credential: str, now: float, response: Response) -> None:
+        """Keep when each request arrived and, for a 429, until when it said to wait: how a
+        test proves that no request came before a provider's stated time."""
+        entry = (now, provider, credential, response.status, stated_until(response, now))
+        with self._lock:
+            self._log.append(entry)
+
+    def requests(self, provider: str | None = None) -> list[dict[str, Any]]:
+        with self._lock:
+            entries = list(self._log)
+        return [
+            {"at": at, "provider": name, "credential": cred, "status": status, "until": until}
+            for at, name, cred, status, until in entries
+            if provider is None or name == provider
+        ]
+
     def reset(self) -> None:
         with self._lock:
             self._answers.clear()
+            self._log.clear()
 
     def snapshot(self, windows: Mapping[tuple[str, str], WindowStats]) -> dict[str, Any]:
         """Per provider totals with a per credential breakdown; every provider is listed."""

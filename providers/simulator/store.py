@@ -82,6 +82,18 @@ class JobStore:
                     job.faulted += 1
             return Poll(fault, ())
 
+    def poison(self, provider: str, ids: Sequence[str], credential: str) -> str | None:
+        """How the request fails as a whole if it names a poison job (counted as its poll)."""
+        now = self._clock()
+        with self._lock:
+            for job in _unique(self._visible(provider, ids, credential)):
+                if job.poison is not None:
+                    job.polls += 1
+                    job.faulted += 1
+                    job.last_poll_at = now
+                    return job.poison
+        return None
+
     def answer(self, provider: str, ids: Sequence[str], credential: str) -> Poll:
         """Answer an already counted poll (the end of a `slow` fault)."""
         now = self._clock()

@@ -203,3 +203,21 @@ def test_docker_compose_accepts_the_compose_file() -> None:
     for service in ("redis:", "worker:", "beat:", "flower:", "simulator:", "metrics:"):
         assert service in config
     assert "noeviction" in config and "appendonly" in config and "healthcheck" in config
+
+
+def test_the_demo_cannot_collide_with_a_running_fleet(fleet: Fleet) -> None:
+    """POLLER_REDIS_URL exported and a worker on it (the README's step 2): the demo keeps to
+    its own Redis, or to its own queue and key prefix on the one it is given, and leaves no
+    key behind."""
+    fleet.worker()
+    shared = fleet.env["POLLER_REDIS_URL"]
+    before = set(fleet.r.keys("*")) - {"unacked_mutex"}
+    private = cli(fleet.env, "demo", "--exports", "10", "--json", timeout=150)
+    assert private.returncode == 0, private.stderr[-3000:]
+    assert json.loads(private.stdout)["ok"] is True
+    assert set(fleet.r.keys("*")) - {"unacked_mutex"} == before
+    given = cli(fleet.env, "demo", "--exports", "10", "--redis-url", shared, timeout=150)
+    assert given.returncode == 0, given.stdout[-3000:] + given.stderr[-3000:]
+    assert "10 exports ended" in given.stdout and "queue export-poller-demo-" in given.stdout
+    assert set(fleet.r.keys("*")) - {"unacked_mutex"} == before
+    assert "] received" not in fleet.children[0].output()  # the fleet took none of its tasks

@@ -621,3 +621,46 @@ def test_the_command_line_serves_a_script_until_terminated(tmp_path: Path) -> No
     assert job["id"] == "scripted"
     assert answer == {"finished": False}
     assert status == 0
+
+
+# -- poison ids and run-time limits ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("poison", "status"), [("400", 400), ("500", 500), ("garbage", 200)])
+def test_a_poison_id_fails_every_cgc_bulk_request_that_names_it(
+    poison: str, status: int, caller: Caller, control: SimulatorClient
+) -> None:
+    good = [str(i) for i in control.create_jobs([{"provider": "cgc"}] * 3)]
+    bad = str(control.create_job("cgc", poison=poison))
+
+    whole = caller.bulk([*good, bad])
+    alone = caller.bulk([bad])
+    neighbours = caller.bulk(good)
+
+    assert whole.status_code == alone.status_code == status
+    if poison == "garbage":
+        with pytest.raises(ValueError):
+            whole.json()
+    else:
+        assert set(whole.json()) == {"status", "code", "message", "more_info"}
+    assert neighbours.status_code == 200 and len(neighbours.json()["items"]) == 3
+    assert control.job("cgc", good[0])["answered"] == 1  # the failed requests moved nothing
+    assert control.job("cgc", bad)["polls"] == 2
+    with pytest.raises(SimulatorError):
+        control.create_job("cometly", poison="400")
+
+
+def test_limits_change_at_run_time_and_the_request_log_shows_what_a_429_asked(
+    control: SimulatorClient, caller: Caller
+) -> None:
+    assert control.set_limit("saymon", "2/30")["saymon"] == "2/30"
+    job_id = control.create_job("saymon", running_polls=10)
+    answers = [caller.status("saymon", job_id) for _ in range(3)]
+
+    assert [a.status_code for a in answers] == [200, 200, 429]
+    assert "X-RateLimit-Remaining" not in answers[0].headers  # this one states no budget
+    log = control.requests("saymon")
+    assert [entry["status"] for entry in log] == [200, 200, 429]
+    assert log[2]["until"] == pytest.approx(log[2]["at"] + int(answers[2].headers["Retry-After"]))
+    control.reset()
+    assert "saymon" not in control.set_limit("cgc", "0") and control.requests() == []

@@ -13,6 +13,7 @@ from export_poller import clock
 from export_poller.config.settings import AccountSettings, Settings
 from export_poller.engine import Engine
 from export_poller.providers import errors
+from export_poller.providers.base import Budget
 from export_poller.providers.models import ExportStatus
 from export_poller.store import Store
 
@@ -37,6 +38,10 @@ class ScriptedProvider:
     def __init__(self) -> None:
         self.scripts: dict[str, list[ExportStatus | errors.ProviderError]] = {}
         self.calls: list[str] = []
+        self.budget: Budget | None = None  # what every answer says about the account's budget
+
+    def last_budget(self) -> Budget | None:
+        return self.budget
 
     def script(self, export_id: str, *answers: str | errors.ProviderError) -> None:
         self.scripts[export_id] = [

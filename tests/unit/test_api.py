@@ -105,3 +105,31 @@ def test_unknown_tracking_ids_are_none_not_errors(wired: Broker) -> None:
     assert api.get_export("nope") is None
     assert api.get_export("../../etc") is None
     assert api.cancel_export("nope") is False
+
+
+@pytest.mark.parametrize(
+    ("account", "setting"),
+    [
+        (AccountSettings(provider="cometly"), "POLLER_ACCOUNTS__SPACE__TOKEN"),
+        (AccountSettings(provider="saymon", username="u", password="p"), "__BASE_URL"),
+        (
+            AccountSettings(provider="saymon", base_url="https://s.example", username="u"),
+            "POLLER_ACCOUNTS__SPACE__PASSWORD",
+        ),
+        (
+            AccountSettings(provider="chaossearch", base_url="https://c.example", access_key="a"),
+            "POLLER_ACCOUNTS__SPACE__SECRET_KEY",
+        ),
+        (AccountSettings(provider="cgc"), "POLLER_ACCOUNTS__SPACE__TOKEN"),
+    ],
+)
+def test_an_account_missing_a_required_setting_is_refused_by_name(
+    monkeypatch: pytest.MonkeyPatch, engine: Engine, account: AccountSettings, setting: str
+) -> None:
+    settings = Settings(_env_file=None, accounts={"space": account})  # type: ignore[call-arg]
+    monkeypatch.setattr(api, "get_settings", lambda: settings)
+    monkeypatch.setattr(api, "get_engine", lambda: engine)
+    export_id = "123" if account.provider == "cometly" else "x1"
+    with pytest.raises(errors.ConfigurationError, match=setting):
+        api.track_export(account.provider, export_id, account="space")
+    assert list(engine.store.iter_ids()) == []

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+
+import pytest
+
+from export_poller.config.settings import Settings
 from export_poller.engine import Engine
 from export_poller.providers import errors
 from export_poller.providers.models import ExportStatus
@@ -313,3 +318,24 @@ def test_runs_looking_for_due_exports_skip_the_ones_other_runs_hold(
         "scripted", "run-e", now=now, lease_until=now + 120, due_by=now, limit=100
     )
     assert {c.tracking_id for c in again} == {c.tracking_id for c in taken[0]}
+
+
+def test_a_worker_without_the_account_says_so_loudly_and_keeps_the_export(
+    settings: Settings,
+    store: Store,
+    broker: Broker,
+    fake_clock: Clock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from export_poller.engine import ProviderPool
+
+    engine = Engine(settings, store, broker.send_poll, broker.send_callback, rand=lambda: 1.0)
+    engine.providers = ProviderPool(settings.model_copy(update={"accounts": {}}))
+    tid = track(engine)
+    with caplog.at_level(logging.INFO, logger="export_poller.poll"):
+        deliver(engine, broker, fake_clock)
+    record = engine.get(tid) or {}
+    assert record["state"] == "pending" and record["error"]["kind"] == "misconfigured"
+    assert "not configured" in record["error"]["message"]
+    assert any(r.levelno >= logging.ERROR and "scripted" in r.getMessage() for r in caplog.records)
+    assert store.metric_fields()["polls|scripted|misconfigured"] == 1

@@ -48,3 +48,16 @@ def test_metrics_follow_exports_through_their_states(
     assert after['export_poller_breaker_open{account="scripted"}'] == 0
     assert after["export_poller_outbox"] == 0 and after["export_poller_scheduled"] == 1
     run_to_end(engine, broker, fake_clock, limit=3)
+
+
+def test_holds_and_account_problems_are_counted(
+    engine: Engine, broker: Broker, provider: ScriptedProvider, fake_clock: Clock
+) -> None:
+    provider.script("a", errors.CredentialsRefused("401", status_code=401))
+    track(engine, "a")
+    from tests.unit.test_engine import deliver
+
+    deliver(engine, broker, fake_clock)
+    values = scrape(engine)
+    key = 'export_poller_account_problems_total{kind="credentials_refused",provider="scripted"}'
+    assert values[key] == 1

@@ -92,27 +92,39 @@ def running(done: int, total: int) -> ExportStatus:
     return ExportStatus(state="running", progress=Progress(completed=done, total=total))
 
 
-def test_progress_far_from_done_waits_longer_than_backoff_would() -> None:
+LONG = policy.Backoff(initial=5, factor=2, maximum=3600, floor=1)
+
+
+def test_progress_far_from_done_waits_longer_than_early_backoff_would() -> None:
     # 10% done after 600 s: about 5,400 s left. A quarter of that would be 1,350 s; an early
-    # estimate is shaky, so the wait is capped at the time run so far (+ the floor): 601 s,
-    # still past the 300 s backoff ceiling.
+    # estimate is shaky, so the wait is capped at the time run so far (+ the floor): 601 s.
     d = policy.decide(
-        ctx(attempts=20, started_at=NOW - 600), running(1, 10), NOW, B, rand=lambda: 1.0
+        ctx(attempts=3, started_at=NOW - 600), running(1, 10), NOW, LONG, rand=lambda: 1.0
     )
     assert d.next_poll_at == pytest.approx(NOW + 601)
+
+
+def test_progress_waits_never_exceed_the_users_backoff_max() -> None:
+    # The case: a ChaosSearch export with progress waited 95 s while the cap was 2 s.
+    tight = policy.Backoff(initial=0.5, factor=2, maximum=2, floor=0.2)
+    for done, elapsed in ((1, 380), (1, 600), (8, 400), (999, 10_000)):
+        d = policy.decide(
+            ctx(attempts=20, started_at=NOW - elapsed), running(done, 1000), NOW, tight
+        )
+        assert d.next_poll_at is not None and d.next_poll_at - NOW <= 2
 
 
 def test_progress_near_the_end_closes_in_on_the_estimated_finish() -> None:
     # 80% done after 400 s: 100 s left; wait a quarter of it.
     d = policy.decide(
-        ctx(attempts=20, started_at=NOW - 400), running(8, 10), NOW, B, rand=lambda: 1.0
+        ctx(attempts=20, started_at=NOW - 400), running(8, 10), NOW, LONG, rand=lambda: 1.0
     )
     assert d.next_poll_at == pytest.approx(NOW + 25)
 
 
 def test_progress_waits_are_bounded_below_by_a_share_of_the_elapsed_time() -> None:
     # 99.9% done after 10,000 s: the estimate says 10 s left, but polls stay 100 s apart.
-    d = policy.decide(ctx(attempts=20, started_at=NOW - 10_000), running(999, 1000), NOW, B)
+    d = policy.decide(ctx(attempts=20, started_at=NOW - 10_000), running(999, 1000), NOW, LONG)
     assert d.next_poll_at == pytest.approx(NOW + 100)
 
 
@@ -155,3 +167,52 @@ def test_follow_ups_group_by_due_time_within_the_spread_and_the_cap() -> None:
     for group in groups:
         assert max(delays[i] for i in group) - delays[group[0]] <= 1.0
     assert sorted(i for g in groups for i in g) == list(range(len(delays)))
+
+
+def test_only_failures_one_id_could_cause_are_bisected() -> None:
+    suspects = [
+        errors.Rejected("400", status_code=400),
+        errors.NotFound("404", status_code=404),
+        errors.ServerError("500", status_code=500),
+        errors.BadResponse("off-spec"),
+    ]
+    account_wide = [
+        errors.CredentialsRefused("401", status_code=401),
+        errors.CredentialsRefused("403", status_code=403),
+        errors.RateLimited("429", retry_after=1),
+        errors.Throttled("held", retry_after=1),
+        errors.Maintenance("503 code 0", status_code=503),
+        errors.TransportError("timeout"),
+    ]
+    assert all(policy.batch_suspect(e) for e in suspects)
+    assert not any(policy.batch_suspect(e) for e in account_wide)
+
+
+def test_bisecting_is_logarithmic_and_bounded() -> None:
+    assert policy.bisect_budget(1) == 0
+    assert policy.bisect_budget(2) == 4
+    assert policy.bisect_budget(100) == 28  # one poison id needs 2 x 7
+    assert policy.halves([1, 2, 3]) == ([1, 2], [3])
+
+
+def test_an_isolated_failure_is_a_refusal_only_while_the_provider_answers_others() -> None:
+    exc = errors.ServerError("500", status_code=500)
+    poisoned = policy.isolate(exc, neighbours_answered=True)
+    assert isinstance(poisoned, errors.Poisoned) and poisoned.status_code == 500
+    assert policy.isolate(exc, neighbours_answered=False) is exc  # maybe an outage
+    refused = errors.Rejected("400", status_code=400)
+    assert policy.isolate(refused, neighbours_answered=True) is refused  # already a refusal
+
+
+def test_a_known_poison_id_failing_alone_again_confirms_its_refusal() -> None:
+    exc = errors.BadResponse("off-spec")
+    d = policy.decide(ctx(refusals=1, suspect=True), exc, NOW, B, confirm_refusals=2)
+    assert d.state == "failed" and d.error and d.error["kind"] == "poisoned"
+    d = policy.decide(ctx(refusals=1), exc, NOW, B, confirm_refusals=2)
+    assert d.state == "pending" and d.error and d.error["kind"] == "bad_response"
+
+
+def test_a_providers_wait_is_a_hard_not_before() -> None:
+    d = policy.decide(ctx(), errors.RateLimited("429", retry_after=3), NOW, B)
+    assert d.not_before == d.next_poll_at == NOW + 3 and not d.counted
+    assert policy.decide(ctx(), errors.ServerError("500"), NOW, B).not_before is None
