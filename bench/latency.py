@@ -7,8 +7,10 @@ The simulator (one process for the whole run) answers every Cometly status reque
 injected delay (a global `slow` fault at rate 1). For each delay, in turn:
   bare    one process, `--concurrency` threads sharing one `requests.Session` (pooled, no
           proxy lookup per request, as the adapters use it) asking one job's status in a loop
-  worker  one `celery worker --pool threads --concurrency N` and beat, polling `--exports`
-          Cometly exports that never finish, re-polled every second (demand > supply)
+  worker  one `celery worker --pool threads` and beat, polling `--exports` Cometly exports
+          that never finish, re-polled every second (demand > supply); `--concurrency` requests
+          in flight at most: concurrency / `--parallel` threads, each sending up to
+          POLLER_TRAIN_PARALLEL (`--parallel`) requests of its train together
 Each side gets a warm-up, then a `--seconds` window: polls/s is the simulator's count of
 Cometly requests in the window; CPU per 1,000 polls is the process's utime + stime
 (/proc/PID/stat) over the window. The simulator runs with more waitress threads than the
@@ -123,7 +125,7 @@ def measure(env: dict[str, str], pid: int, seconds: float) -> dict[str, Any]:
 # -- the worker ------------------------------------------------------------------------------
 
 
-def worker_env(env: dict[str, str], delay_ms: int) -> dict[str, str]:
+def worker_env(env: dict[str, str], delay_ms: int, parallel: int) -> dict[str, str]:
     return {
         **env,
         "POLLER_KEY_PREFIX": f"lat{delay_ms}",
@@ -133,6 +135,7 @@ def worker_env(env: dict[str, str], delay_ms: int) -> dict[str, str]:
         "POLLER_BACKOFF_FLOOR": "1",
         "POLLER_RESCUE_GRACE": "30",
         "POLLER_LEASE_SECONDS": "60",
+        "POLLER_TRAIN_PARALLEL": str(parallel),
     }
 
 
@@ -141,13 +144,14 @@ def run_worker(
 ) -> dict[str, Any]:
     from export_poller.api import track_export
 
-    wenv = worker_env(env, delay_ms)
+    wenv = worker_env(env, delay_ms, args.parallel)
+    threads = -(-args.concurrency // args.parallel)  # at most `concurrency` requests in flight
     use_env(wenv)
     ids = sim_of(env).create_jobs([{"provider": "cometly", "running_polls": 10**9}] * args.exports)
     for export_id in ids:
         track_export("cometly", str(export_id), timeout=3600)
     children = [
-        start_worker(wenv, workdir, name=f"lat{delay_ms}", concurrency=args.concurrency),
+        start_worker(wenv, workdir, name=f"lat{delay_ms}", concurrency=threads),
         start_beat(wenv, workdir, name=f"beat{delay_ms}"),
     ]
     try:
@@ -224,6 +228,12 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--exports", type=int, default=3000)
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        default=8,
+        help="POLLER_TRAIN_PARALLEL; the worker runs concurrency/parallel threads",
+    )
     parser.add_argument("--profile", type=Path)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()

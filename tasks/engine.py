@@ -12,7 +12,9 @@ import threading
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 from kombu.exceptions import OperationalError as KombuOperationalError
@@ -42,8 +44,13 @@ _TRAIN_SPREAD = 1.0  # seconds between the first and last planned poll of one me
 _LOGGED_DROPS = 5  # per message: the log stays bounded whatever a message names
 _MOST_PER_MESSAGE = 1000  # above any train we send (50 by default, a CGC request holds 100)
 _GATE_REFRESH = 0.25  # seconds a train trusts its last read of the account's hold and breaker
+# Threads that send the second and later requests of a wave, shared by every train of the
+# process and started only as needed: at most (a worker's threads) x (POLLER_TRAIN_PARALLEL - 1)
+# are ever busy at once.
+_REQUEST_THREADS = 256
 SendPoll = Callable[[Sequence[tuple[str, str]], float], None]  # (tid, token) pairs, countdown
 SendCallback = Callable[[dict[str, Any], dict[str, Any]], None]
+_Asked = tuple[dict[str, Outcome], errors.ProviderError | None, Budget | None]
 
 
 class ProviderPool:
@@ -114,6 +121,7 @@ class _Run:
     pace: float | None = None
     limited: bool = False
     groups: list[_Bisect] = field(default_factory=list)
+    calm: bool = False  # the last wave was answered in full, far from any stated budget
 
 
 def _split(
@@ -167,6 +175,8 @@ class Engine:
         self.rand = rand
         self.request_seconds = RequestTimes()
         self._gate_views: dict[str, tuple[float, float | None, float | None]] = {}
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
         self.backoff = policy.Backoff(
             settings.backoff_initial,
             settings.backoff_factor,
@@ -320,7 +330,7 @@ class Engine:
     def _train_size(self, account: str, provider: Provider) -> int:
         return policy.train_size(
             self.request_seconds.get(account),
-            budget=self.settings.train_seconds,
+            budget=self.settings.train_seconds * self.settings.train_parallel,
             most=self.settings.train_max,
             batch_size=provider.batch_size,
         )
@@ -328,8 +338,11 @@ class Engine:
     def _ask_train(
         self, provider: Provider, account: str, claims: list[Claim]
     ) -> dict[str, Outcome]:
-        """Requests of `batch_size` one after another, until the train's time is up; once the
-        account is held back (hold, pace, open breaker) the rest of the train waits with it.
+        """Requests of `batch_size`, up to POLLER_TRAIN_PARALLEL of them in flight together (a
+        wave), until the train's time is up; once the account is held back (hold, pace, open
+        breaker) the rest of the train waits with it. Every request passes the account's gate
+        before it leaves; answers are read in order, so a 429 or a timeout in one wave stops the
+        next one.
 
         A bulk request that fails as a whole in a way one id could cause is bisected: its
         halves are asked at once (they are not cut short by the train's time), so a poison id
@@ -342,30 +355,98 @@ class Engine:
             (chunk, None) for chunk in _chunks(claims, provider.batch_size)
         )
         while queue:
-            chunk, group = queue.popleft()
-            if group is None and outcomes and clock.now() - started > self.settings.train_seconds:
+            wave, wait = self._wave(account, run, queue, started, bool(outcomes))
+            splits: list[tuple[list[Claim], _Bisect]] = []
+            cut, run.calm = False, True
+            answers = self._send_wave(provider, account, wave)
+            for (chunk, group), asked in zip(wave, answers, strict=True):
+                cut = self._take(account, run, chunk, group, asked, outcomes, splits) or cut
+            queue.extendleft(reversed(splits))
+            if cut:
+                outcomes |= self._hold_rest(account, claims, outcomes)
                 break
-            wait = self._gate(account, run)
             if wait is not None:
                 rest = [c.tracking_id for c in claims if c.tracking_id not in outcomes]
                 outcomes |= dict.fromkeys(rest, self._held(account, wait))
                 break
-            answers, whole = self._ask(provider, account, chunk)
-            run.calls += 1
-            budget = provider.last_budget()
-            if not isinstance(whole, errors.RateLimited):  # a 429 holds the account itself
-                self._follow_budget(account, run, budget)
-            split = _split(chunk, whole, group, run)
-            if split:
-                queue.extendleft(reversed(split))
-                continue
-            outcomes |= answers
-            self._after_request(account, run, answers, group, whole, stated=budget is not None)
-            if any(isinstance(o, errors.TransportError) for o in answers.values()):
-                outcomes |= self._hold_rest(account, claims, outcomes)
+            if not wave:
                 break
         self._close_run(account, run, outcomes)
         return outcomes
+
+    def _wave(
+        self,
+        account: str,
+        run: _Run,
+        queue: deque[tuple[list[Claim], _Bisect | None]],
+        started: float,
+        answered: bool,
+    ) -> tuple[list[tuple[list[Claim], _Bisect | None]], float | None]:
+        """The requests to send together next, each admitted by the gate; and the wait, if the
+        gate held the account back. Empty with no wait: the train's time is up.
+
+        A wave is one request wide until an answer came back calm (the train's first request,
+        and after any failure, 429 or budget running low), and while the account is paced or
+        was held lately: there a train asks one request after another, as before."""
+        wave: list[tuple[list[Claim], _Bisect | None]] = []
+        wide = run.calm and not run.limited and run.pace is None
+        width = self.settings.train_parallel if wide else 1
+        while queue and len(wave) < width:
+            group = queue[0][1]
+            late = clock.now() - started > self.settings.train_seconds
+            if group is None and (answered or wave) and late:
+                break
+            wait = self._gate(account, run)
+            if wait is not None:
+                return wave, wait
+            wave.append(queue.popleft())
+        return wave, None
+
+    def _send_wave(
+        self, provider: Provider, account: str, wave: list[tuple[list[Claim], _Bisect | None]]
+    ) -> list[_Asked]:
+        """Send a wave's requests together: the first from this thread, the others from the
+        process's request threads."""
+        if not wave:
+            return []
+        ask = partial(self._ask_one, provider, account)
+        others = [self._helpers().submit(ask, chunk) for chunk, _ in wave[1:]]
+        return [ask(wave[0][0]), *(future.result() for future in others)]
+
+    def _helpers(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(_REQUEST_THREADS, thread_name_prefix="request")
+            return self._pool
+
+    def _ask_one(self, provider: Provider, account: str, chunk: list[Claim]) -> _Asked:
+        """One request and the budget its answer stated (kept per thread by the adapter)."""
+        answers, whole = self._ask(provider, account, chunk)
+        return answers, whole, provider.last_budget()
+
+    def _take(
+        self,
+        account: str,
+        run: _Run,
+        chunk: list[Claim],
+        group: _Bisect | None,
+        asked: _Asked,
+        outcomes: dict[str, Outcome],
+        splits: list[tuple[list[Claim], _Bisect]],
+    ) -> bool:
+        """Read one answer of a wave; True if it timed out or failed to connect."""
+        answers, whole, budget = asked
+        run.calls += 1
+        run.calm = run.calm and _calm(answers, whole, budget, self.settings.train_parallel)
+        if not isinstance(whole, errors.RateLimited):  # a 429 holds the account itself
+            self._follow_budget(account, run, budget)
+        split = _split(chunk, whole, group, run)
+        if split:
+            splits.extend(split)
+            return False
+        outcomes |= answers
+        self._after_request(account, run, answers, group, whole, stated=budget is not None)
+        return any(isinstance(o, errors.TransportError) for o in answers.values())
 
     def _gate(self, account: str, run: _Run) -> float | None:
         """Seconds the account must wait before the next request, or None to go.
@@ -676,6 +757,19 @@ def _fields_for(decision: policy.Decision, ctx: policy.PollContext, now: float) 
     if decision.terminal:
         fields["finished_at"] = now
     return fields
+
+
+def _calm(
+    answers: dict[str, Outcome],
+    whole: errors.ProviderError | None,
+    budget: Budget | None,
+    wave: int,
+) -> bool:
+    """An answer after which a train may send a whole wave: no error of the request, no
+    failure or 429 of an export, and a stated budget (if any) with room for a few waves."""
+    if whole is not None or (budget is not None and budget.remaining < 4 * wave):
+        return False
+    return not any(isinstance(o, errors.ProviderError) for o in answers.values())
 
 
 def _bare(exc: errors.ProviderError) -> errors.ProviderError:
