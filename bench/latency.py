@@ -6,7 +6,10 @@
 The simulator (one process for the whole run) answers every Cometly status request after the
 injected delay (a global `slow` fault at rate 1). For each delay, in turn:
   bare    one process, `--concurrency` threads sharing one `requests.Session` (pooled, no
-          proxy lookup per request, as the adapters use it) asking one job's status in a loop
+          proxy lookup per request, as the adapters use it) asking one job's status in a loop:
+          the goal's yardstick
+  bare_default  the same with a default `requests.Session()` per thread (as the issue's
+          figures were taken; it reads the proxy environment on every request)
   worker  one `celery worker --pool threads` and beat, polling `--exports` Cometly exports
           that never finish, re-polled every second (demand > supply); `--concurrency` requests
           in flight at most: concurrency / `--parallel` threads, each sending up to
@@ -71,16 +74,18 @@ def threads_of(pid: int) -> int:
 # -- the bare loop (a child process of its own, so its CPU is its own) -----------------------
 
 
-def bare_main(url: str, token: str, threads: int, seconds: float) -> None:
-    session = requests.Session()
-    adapter = requests.adapters.HTTPAdapter(pool_maxsize=threads)
-    session.mount("http://", adapter)
-    session.trust_env = False
+def bare_main(url: str, token: str, threads: int, seconds: float, style: str) -> None:
+    """`pooled`: one session, a pool as large as the threads, no proxy lookup per request (as
+    the adapters use requests). `default`: a `requests.Session()` per thread, as it comes."""
+    shared = requests.Session()
+    shared.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=threads))
+    shared.trust_env = False
     headers = {"Authorization": f"Bearer {token}"}
     counts = [0] * threads
     end = time.monotonic() + seconds
 
     def loop(slot: int) -> None:
+        session = shared if style == "pooled" else requests.Session()
         while time.monotonic() < end:
             response = session.get(url, headers=headers, timeout=10)
             response.json()
@@ -94,10 +99,12 @@ def bare_main(url: str, token: str, threads: int, seconds: float) -> None:
     print(sum(counts), flush=True)
 
 
-def run_bare(env: dict[str, str], job: str, threads: int, seconds: float) -> dict[str, Any]:
+def run_bare(
+    env: dict[str, str], job: str, threads: int, seconds: float, style: str
+) -> dict[str, Any]:
     url = f"{env['POLLER_ACCOUNTS__COMETLY__BASE_URL']}/public-api/v1/events/exports/{job}"
     argv = [sys.executable, __file__, "--bare", url, str(threads), str(WARMUP + seconds + 3)]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, env=env)
+    proc = subprocess.Popen([*argv, style], stdout=subprocess.PIPE, env=env)
     time.sleep(WARMUP)
     window = measure(env, proc.pid, seconds)
     proc.communicate(timeout=60)
@@ -189,12 +196,14 @@ def one_delay(
     sim = sim_of(env)
     sim.set_faults(1.0, ["slow"], providers=["cometly"], delay_s=delay_ms / 1000)
     job = str(sim.create_job("cometly", running_polls=10**9))
-    bare = run_bare(env, job, args.concurrency, args.seconds)
+    bare = run_bare(env, job, args.concurrency, args.seconds, "pooled")
+    default = run_bare(env, job, args.concurrency, args.seconds, "default")
     worker = run_worker(env, workdir, args, delay_ms)
     row = {
         "delay_ms": delay_ms,
         "concurrency": args.concurrency,
         "bare": bare,
+        "bare_default": default,
         "worker": worker,
         "cpu_ratio": worker["cpu_per_1000"] / bare["cpu_per_1000"],
         "rate_ratio": worker["polls_per_s"] / bare["polls_per_s"],
@@ -204,24 +213,27 @@ def one_delay(
 
 
 def print_row(row: dict[str, Any]) -> None:
-    for side in ("bare", "worker"):
+    for side in ("bare", "bare_default", "worker"):
         r = row[side]
         print(
-            f"  {row['delay_ms']:>4} ms  {side:<6} {r['polls_per_s']:7.0f} polls/s  "
+            f"  {row['delay_ms']:>4} ms  {side:<12} {r['polls_per_s']:7.0f} polls/s  "
             f"{r['cpu_per_1000']:5.2f} s CPU/1,000 polls  (process {r['cpu_share']:.0%} of a "
             f"core; simulator {r['sim_cpu_share']:.0%}, {r['sim_threads']} threads)",
             flush=True,
         )
+    d = row["bare_default"]
     print(
         f"  {row['delay_ms']:>4} ms  worker/bare: CPU per poll {row['cpu_ratio']:.2f}x, "
-        f"polls/s {row['rate_ratio']:.0%}",
+        f"polls/s {row['rate_ratio']:.0%}; against bare_default: "
+        f"{row['worker']['cpu_per_1000'] / d['cpu_per_1000']:.2f}x, "
+        f"{row['worker']['polls_per_s'] / d['polls_per_s']:.0%}",
         flush=True,
     )
 
 
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--bare":
-        bare_main(sys.argv[2], "sim-token", int(sys.argv[3]), float(sys.argv[4]))
+        bare_main(sys.argv[2], "sim-token", int(sys.argv[3]), float(sys.argv[4]), sys.argv[5])
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--delays", default="100,200,500", help="ms, comma-separated")

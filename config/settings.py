@@ -117,8 +117,10 @@ class Settings(BaseSettings):
     train_max: Annotated[int, Field(ge=1)] = 50
     train_seconds: PositiveSeconds = 1.0
     # Requests of one train in flight together: a train no longer waits on the sum of its
-    # latencies, so a train of a slow provider is as long as one of a fast one.
-    train_parallel: Annotated[int, Field(ge=1, le=64)] = 8
+    # latencies, so a train of a slow provider is as long as one of a fast one. 1 by default:
+    # a wave's requests leave before any of its answers is read, so against a limit nobody
+    # states, the first 429 finds the rest of its wave already sent.
+    train_parallel: Annotated[int, Field(ge=1, le=64)] = 1
     breaker_window: PositiveSeconds = 30.0
     breaker_min_calls: Annotated[int, Field(ge=1)] = 10
     breaker_ratio: Annotated[float, Field(gt=0, le=1)] = 0.5

@@ -122,6 +122,7 @@ class _Run:
     limited: bool = False
     groups: list[_Bisect] = field(default_factory=list)
     calm: bool = False  # the last wave was answered in full, far from any stated budget
+    slowed: bool = False  # this wave's 429s already slowed the account's pace (once a wave)
 
 
 def _split(
@@ -357,7 +358,7 @@ class Engine:
         while queue:
             wave, wait = self._wave(account, run, queue, started, bool(outcomes))
             splits: list[tuple[list[Claim], _Bisect]] = []
-            cut, run.calm = False, True
+            cut, run.calm, run.slowed = False, True, False
             answers = self._send_wave(provider, account, wave)
             for (chunk, group), asked in zip(wave, answers, strict=True):
                 cut = self._take(account, run, chunk, group, asked, outcomes, splits) or cut
@@ -392,14 +393,17 @@ class Engine:
         wide = run.calm and not run.limited and run.pace is None
         width = self.settings.train_parallel if wide else 1
         while queue and len(wave) < width:
-            group = queue[0][1]
+            chunk, group = queue[0]
             late = clock.now() - started > self.settings.train_seconds
-            if group is None and (answered or wave) and late:
+            suspect = _timed_out_before(chunk)
+            if (group is None and (answered or wave) and late) or (suspect and wave):
                 break
             wait = self._gate(account, run)
             if wait is not None:
                 return wave, wait
             wave.append(queue.popleft())
+            if suspect:  # asked alone: no answer waits on one that may trickle again
+                break
         return wave, None
 
     def _send_wave(
@@ -536,7 +540,8 @@ class Engine:
         if not waits:
             return
         self._hold(account, run, clock.now() + max(waits), "429")
-        if not stated and self.guard:
+        if not stated and self.guard and not run.slowed:
+            run.slowed = True
             run.pace = self.guard.slow_down(account, clock.now())
             log.warning("account paced account=%s rate=%.2f/s", account, run.pace)
 
@@ -759,6 +764,10 @@ def _fields_for(decision: policy.Decision, ctx: policy.PollContext, now: float) 
     return fields
 
 
+def _timed_out_before(chunk: list[Claim]) -> bool:
+    return any(c.fields.get("error_kind") == errors.TransportError.kind for c in chunk)
+
+
 def _calm(
     answers: dict[str, Outcome],
     whole: errors.ProviderError | None,
@@ -796,10 +805,15 @@ _LOUD = {
 
 
 def _log_poll(plan: _Plan) -> None:
-    """One line per poll; an account problem an operator must fix is logged loudly."""
+    """One line per poll that says something new (a change of state, an error); an account
+    problem an operator must fix is logged loudly. A poll that finds an export as it was is
+    logged at DEBUG: at INFO, a line per routine poll cost a worker 5% of its CPU."""
     rec, delay = plan.write.claim.fields, plan.delay
+    level = _LOUD.get(plan.write.outcome, logging.INFO)
+    if plan.write.outcome == plan.decision.state == rec.get("state"):
+        level = logging.DEBUG
     log.log(
-        _LOUD.get(plan.write.outcome, logging.INFO),
+        level,
         "poll tracking_id=%s provider=%s account=%s outcome=%s state=%s attempts=%s next_delay=%s",
         plan.write.claim.tracking_id,
         rec.get("provider"),
