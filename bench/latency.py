@@ -286,16 +286,17 @@ def find_simulator(env: dict[str, str]) -> int:
 def print_table(rows: list[dict[str, Any]]) -> None:
     print()
     print(
-        "| delay | concurrency | bare polls/s | worker polls/s | worker/bare | "
-        "bare CPU/1,000 | worker CPU/1,000 | ratio |"
+        "| delay | in flight | polls/s: bare / default / worker | worker/bare | "
+        "CPU per 1,000 polls: bare / default / worker | ratio |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|")
     for r in rows:
-        b, w = r["bare"], r["worker"]
+        b, d, w = r["bare"], r["bare_default"], r["worker"]
         print(
-            f"| {r['delay_ms']} ms | {r['concurrency']} | {b['polls_per_s']:.0f} | "
-            f"{w['polls_per_s']:.0f} | {r['rate_ratio']:.0%} | {b['cpu_per_1000']:.2f} s | "
-            f"{w['cpu_per_1000']:.2f} s | {r['cpu_ratio']:.2f}x |"
+            f"| {r['delay_ms']} ms | {r['concurrency']} | {b['polls_per_s']:.0f} / "
+            f"{d['polls_per_s']:.0f} / {w['polls_per_s']:.0f} | {r['rate_ratio']:.0%} | "
+            f"{b['cpu_per_1000']:.2f} / {d['cpu_per_1000']:.2f} / {w['cpu_per_1000']:.2f} s | "
+            f"{r['cpu_ratio']:.2f}x |"
         )
 
 

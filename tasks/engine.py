@@ -178,6 +178,7 @@ class Engine:
         self._gate_views: dict[str, tuple[float, float | None, float | None]] = {}
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
+        self._calm: dict[str, bool] = {}  # per account: did its last train end calm?
         self.backoff = policy.Backoff(
             settings.backoff_initial,
             settings.backoff_factor,
@@ -351,7 +352,7 @@ class Engine:
         """
         started = clock.now()
         outcomes: dict[str, Outcome] = {}
-        run = _Run()
+        run = _Run(calm=self._calm.get(account, False))  # as this process's last train ended
         queue: deque[tuple[list[Claim], _Bisect | None]] = deque(
             (chunk, None) for chunk in _chunks(claims, provider.batch_size)
         )
@@ -372,6 +373,7 @@ class Engine:
                 break
             if not wave:
                 break
+        self._calm[account] = run.calm and not run.limited and run.pace is None
         self._close_run(account, run, outcomes)
         return outcomes
 
@@ -386,9 +388,10 @@ class Engine:
         """The requests to send together next, each admitted by the gate; and the wait, if the
         gate held the account back. Empty with no wait: the train's time is up.
 
-        A wave is one request wide until an answer came back calm (the train's first request,
-        and after any failure, 429 or budget running low), and while the account is paced or
-        was held lately: there a train asks one request after another, as before."""
+        A wave is one request wide until an answer came back calm (the first request of an
+        account in this process, and after any failure, 429 or budget running low; a train
+        starts as the account's last one ended), and while the account is paced or was held
+        lately: there a train asks one request after another, as before."""
         wave: list[tuple[list[Claim], _Bisect | None]] = []
         wide = run.calm and not run.limited and run.pace is None
         width = self.settings.train_parallel if wide else 1
