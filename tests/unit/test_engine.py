@@ -339,6 +339,46 @@ def test_the_requests_of_one_train_are_in_flight_together(
     assert sorted(len(p) for p, _ in broker.take_messages()) == [9]  # one follow-up message
 
 
+class PairingProvider(ScriptedProvider):
+    """Counts requests in flight; each of `pairs` waits for a partner, so a wave that mixed
+    them with others would leave one waiting alone (BrokenBarrierError)."""
+
+    def __init__(self, pairs: set[str]) -> None:
+        super().__init__()
+        self.pairs, self.barrier = pairs, threading.Barrier(2, timeout=5)
+        self.lock, self.active = threading.Lock(), 0
+        self.seen: dict[str, int] = {}
+
+    def fetch(self, export_id: str) -> ExportStatus | errors.ProviderError:
+        with self.lock:
+            self.active += 1
+            self.seen[export_id] = self.active
+        if export_id in self.pairs:
+            self.barrier.wait()
+        with self.lock:
+            self.active -= 1
+        return super().fetch(export_id)
+
+
+def test_in_waves_an_export_whose_last_request_timed_out_is_asked_alone(
+    settings: Settings, store: Store, broker: Broker
+) -> None:
+    provider = PairingProvider({"e1", "e2", "e4", "e5"})
+    engine = Engine(
+        settings.model_copy(update={"train_parallel": 4}),
+        store,
+        broker.send_poll,
+        broker.send_callback,
+        providers=FakePool(provider),  # type: ignore[arg-type]
+    )
+    tids = [track(engine, f"e{i}") for i in range(6)]
+    store.r.hset(store.key(tids[3]), "error_kind", errors.TransportError.kind)
+    pairs = [(tid, token) for tid, token, _ in broker.take_polls()]
+    engine.poll(*pairs[0], pairs[1:])  # waves: e0 | e1 e2 | e3 alone | e4 e5
+    assert sorted(provider.calls) == [f"e{i}" for i in range(6)]
+    assert provider.seen["e3"] == 1
+
+
 def test_runs_looking_for_due_exports_skip_the_ones_other_runs_hold(
     engine: Engine, store: Store, broker: Broker, fake_clock: Clock
 ) -> None:
