@@ -23,9 +23,9 @@ app.conf.update(
     task_ignore_result=True,
     task_default_queue=settings.queue,
     worker_prefetch_multiplier=8,
-    # Task events cost a publish per task state (a third of a worker's CPU at 200 ms answers,
-    # bench/latency.py); Flower turns them on in the workers it watches (`enable_events`,
-    # Flower's default), so they are paid only while someone looks.
+    # Task events cost a publish per task state (~15% of a worker's CPU at 200 ms answers, by
+    # profile: bench/latency.py --profile); Flower turns them on in the workers it watches
+    # (`enable_events`, Flower's default), so they are paid only while someone looks.
     worker_send_task_events=False,
     task_send_sent_event=False,
     worker_hijack_root_logger=False,
