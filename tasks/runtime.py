@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from functools import cache
 from typing import Any
@@ -9,8 +10,9 @@ from typing import Any
 import redis
 from celery import signature
 
-from export_poller.celery import app
+from export_poller.celery import app, broker_conf
 from export_poller.config.settings import get_settings
+from export_poller.connect import redis_client as store_client
 from export_poller.engine import Engine
 from export_poller.guards import AccountGuard
 from export_poller.store import Store
@@ -23,6 +25,10 @@ def _send_poll(pairs: Sequence[tuple[str, str]], countdown: float) -> None:
     (tracking_id, token), *more = pairs
     args = (tracking_id, token, [list(p) for p in more]) if more else (tracking_id, token)
     delay = countdown if countdown >= _MIN_COUNTDOWN else None
+    if delay is not None and get_settings().broker_quorum_queues:
+        # Celery delays natively on quorum queues, in whole seconds (it refuses a countdown
+        # that truncates to 0): round up, never early.
+        delay = math.ceil(delay)
     app.send_task("exports.poll", args=args, countdown=delay)
 
 
@@ -32,7 +38,7 @@ def _send_callback(sig: dict[str, Any], record: dict[str, Any]) -> None:
 
 @cache
 def redis_client() -> redis.Redis:
-    return redis.Redis.from_url(get_settings().redis_url, health_check_interval=30)
+    return store_client(get_settings(), health_check_interval=30)
 
 
 @cache
@@ -50,7 +56,7 @@ def reconfigure() -> None:
     reset_settings()
     get_engine.cache_clear()
     redis_client.cache_clear()
-    app.conf.update(broker_url=get_settings().broker)
+    app.conf.update(broker_url=get_settings().broker, **broker_conf(get_settings()))
     # Celery has no public call to drop its broker pools; without this, messages would still
     # go to the broker this process first connected to.
     # (kombu keeps pools per broker URL in a global registry; closing them here would break
