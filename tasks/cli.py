@@ -208,5 +208,10 @@ def demo(exports: int) -> None:
     sys.exit(run_demo(exports))
 
 
+# `export-poller health` (probes, supervisors) lives in its own module.
+from export_poller.health import health  # noqa: E402
+
+main.add_command(health)
+
 if __name__ == "__main__":
     main()
