@@ -26,7 +26,7 @@ def broker_conf(settings: Settings) -> dict[str, Any]:
 
 
 def _amqp_conf(settings: Settings) -> dict[str, Any]:
-    """RabbitMQ: messages survive a broker restart, a publish returns once the broker has it.
+    """RabbitMQ: messages survive a broker restart (durable queue, persistent messages).
 
     A delivered message must be acked within the server's `consumer_timeout` (30 min by
     default) or RabbitMQ closes the channel. Nothing here is held that long: countdowns are at
@@ -46,7 +46,8 @@ def _amqp_conf(settings: Settings) -> dict[str, Any]:
         "task_default_exchange_type": exchange.type,
         "task_default_routing_key": QUEUE,
         "task_default_delivery_mode": "persistent",
-        "broker_transport_options": {"confirm_publish": True},
+        # Publisher confirms: on the producer that sends polls and callbacks (runtime.py), not
+        # on every Celery connection (see `confirmed_producer`).
         "broker_heartbeat": 60,
     }
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterator, Sequence
 from functools import cache
 from typing import Any
 
 import redis
 from celery import signature
+from kombu import Connection, Producer
+from kombu.pools import producers
 
 from export_poller.celery import app, broker_conf
 from export_poller.config.settings import get_settings
@@ -29,11 +33,50 @@ def _send_poll(pairs: Sequence[tuple[str, str]], countdown: float) -> None:
         # Celery delays natively on quorum queues, in whole seconds (it refuses a countdown
         # that truncates to 0): round up, never early.
         delay = math.ceil(delay)
-    app.send_task("exports.poll", args=args, countdown=delay)
+    with confirmed_producer() as producer:
+        app.send_task("exports.poll", args=args, countdown=delay, producer=producer)
+
+
+_CALLBACK_IDS = uuid.UUID("0b6c3f5e-2f7a-4d0e-9a51-6c1f3e2d8a40")
+
+
+def callback_task_id(record: dict[str, Any]) -> str:
+    """One id per export's callback, the same on every dispatch: if a worker dies after the
+    broker took the callback and before the outbox noted it, the sweep's second dispatch
+    carries the first one's id, so a callback can tell a repeat from a new one."""
+    return str(uuid.uuid5(_CALLBACK_IDS, f"{record['tracking_id']}:{record['state']}"))
 
 
 def _send_callback(sig: dict[str, Any], record: dict[str, Any]) -> None:
-    signature(sig, app=app).apply_async((record,))
+    with confirmed_producer() as producer:
+        signature(sig, app=app).apply_async(
+            (record,), task_id=callback_task_id(record), producer=producer
+        )
+
+
+@cache
+def _confirming_connection() -> Connection | None:
+    settings = get_settings()
+    if settings.broker_kind != "amqp":
+        return None
+    return Connection(settings.broker, transport_options={"confirm_publish": True})
+
+
+@contextlib.contextmanager
+def confirmed_producer() -> Iterator[Producer | None]:
+    """RabbitMQ: a producer whose publish returns once the broker has the message (publisher
+    confirms), on a connection only this producer reads; None (Celery's own) on Redis.
+
+    Not set for all of Celery's connections: a worker's event dispatcher, sharing its connection
+    with the event loop, was seen waiting forever for a confirm under the thread pool, and
+    with it every thread of the worker.
+    """
+    conn = _confirming_connection()
+    if conn is None:
+        yield None
+        return
+    with producers[conn].acquire(block=True) as producer:
+        yield producer
 
 
 @cache
@@ -55,6 +98,7 @@ def reconfigure() -> None:
 
     reset_settings()
     get_engine.cache_clear()
+    _confirming_connection.cache_clear()
     redis_client.cache_clear()
     app.conf.update(broker_url=get_settings().broker, **broker_conf(get_settings()))
     # Celery has no public call to drop its broker pools; without this, messages would still

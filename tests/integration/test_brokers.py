@@ -149,3 +149,15 @@ def test_docker_compose_has_a_rabbitmq_profile() -> None:
     assert "rabbitmq" in config["services"]
     assert config["services"]["worker"]["environment"]["POLLER_BROKER_URL"] == url
     assert "healthcheck" in config["services"]["rabbitmq"]
+
+
+def test_polls_and_callbacks_leave_through_a_confirming_producer(env: dict[str, str]) -> None:
+    from export_poller.runtime import confirmed_producer
+
+    with confirmed_producer() as producer:
+        if BROKER == "redis":
+            assert producer is None  # Redis has no publisher confirms: Celery's own producer
+            return
+        assert producer is not None
+        assert producer.connection.transport_options == {"confirm_publish": True}
+        producer.publish({"probe": 1}, routing_key="export-poller-nowhere")  # returns: confirmed

@@ -67,11 +67,10 @@ def test_passwords_never_show_in_a_repr_or_a_redacted_url() -> None:
     assert both == "sentinel://:***@h1:26379;sentinel://:***@h2:26380/2"
 
 
-def test_rabbitmq_gets_durable_queues_and_publisher_confirms() -> None:
+def test_rabbitmq_gets_durable_queues_and_persistent_messages() -> None:
     conf = broker_conf(settings(broker_url="amqp://guest:guest@127.0.0.1:5672//"))
     [queue] = conf["task_queues"]
     assert queue.durable and queue.exchange.durable and not queue.queue_arguments
-    assert conf["broker_transport_options"]["confirm_publish"] is True
     assert conf["task_default_delivery_mode"] == "persistent"
 
 
@@ -114,3 +113,12 @@ def test_sentinel_urls_list_every_sentinel_and_need_a_master_name() -> None:
 def test_a_sentinel_database_must_be_a_number() -> None:
     with pytest.raises(ValueError, match="must be a number"):
         parse_sentinel("sentinel://h1:26379/zero")
+
+
+def test_a_callback_sent_again_after_a_crash_keeps_its_task_id() -> None:
+    from export_poller.runtime import callback_task_id
+
+    record = {"tracking_id": "abc123", "state": "completed"}
+    again = callback_task_id(dict(record))
+    assert callback_task_id(record) == again
+    assert callback_task_id({**record, "tracking_id": "abc124"}) != again
