@@ -427,5 +427,10 @@ def demo(exports: int, redis_url: str | None, as_json: bool) -> None:
     sys.exit(run_demo(exports, redis_url=redis_url, as_json=as_json))
 
 
+# `export-poller health` (probes, supervisors) lives in its own module.
+from export_poller.health import health  # noqa: E402
+
+main.add_command(health)
+
 if __name__ == "__main__":
     main()
