@@ -1,9 +1,15 @@
 """Crash soak: 1,000 exports, four workers and two beats, while processes and Redis die.
 
 Prints: exports tracked, ended, lost (goal 0), callbacks fired twice (goal 0), wrong final
-states (goal 0), and the time to finish against a run without faults. Run from the repo root:
+states (goal 0), callbacks delayed past one sweep interval plus the rescue grace after their
+export ended (goal 0 on RabbitMQ), messages left parked in kombu's Redis `unacked` set, and the
+time to finish against a run without faults. Run from the repo root:
 
-    .venv/bin/python bench/crash_soak.py [--exports 1000] [--json]
+    .venv/bin/python bench/crash_soak.py [--exports 1000] [--broker redis|rabbitmq] [--json]
+
+`--broker rabbitmq` uses a private vhost on the machine's RabbitMQ (`SOAK_AMQP_URL`, default
+amqp://guest:guest@127.0.0.1:5672; made with rabbitmqctl, deleted afterwards); Redis is the store
+either way and is the one restarted.
 
 Faults during the first minute of the chaos run: a random worker is killed with SIGKILL every
 4-7 seconds and a new one started (a worker that exited by itself is replaced too, as a
@@ -32,7 +38,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import redis
 
 from export_poller.demo import fast_env
-from export_poller.processes import Child, exit_on_sigterm, start_beat, start_redis, start_worker
+from export_poller.processes import (
+    DEFAULT_AMQP_URL,
+    Child,
+    exit_on_sigterm,
+    rabbitmq_vhost,
+    start_beat,
+    start_redis,
+    start_worker,
+)
 from export_poller.providers.simulator.client import SimulatorClient
 from export_poller.providers.simulator.server import start_in_thread
 
@@ -134,19 +148,19 @@ def chaos(
         fleet.workers.remove(victim)
         fleet.add_worker()
         yield f"t={time.monotonic() - started:5.1f}s SIGKILL {victim.name}"
-        if step == 3:
+        if step == 2:
             beat = fleet.beats.pop(0)
             beat.kill(signal.SIGKILL)
             fleet.add_beat()
             yield f"t={time.monotonic() - started:5.1f}s SIGKILL {beat.name}, started another"
-        if step == 5:
+        if step == 3:  # early, so a fast run (RabbitMQ) sees every kind of fault too
             port = int(redis_child[0].extra["url"].rsplit(":", 1)[1].split("/")[0])
             redis_child[0].stop()
             redis_child[0] = start_redis(workdir, appendonly=True, port=port)
             yield f"t={time.monotonic() - started:5.1f}s restarted Redis (AOF)"
 
 
-def run(count: int, faults: bool, seed: int) -> dict[str, Any]:
+def run(count: int, faults: bool, seed: int, broker: str) -> dict[str, Any]:
     rng = random.Random(seed)
     workdir = Path(tempfile.mkdtemp(prefix="export-poller-soak-"))
     with contextlib.ExitStack() as stack:
@@ -158,9 +172,13 @@ def run(count: int, faults: bool, seed: int) -> dict[str, Any]:
         env |= {
             "POLLER_LEASE_SECONDS": "20",
             "POLLER_HTTP_CONNECT_TIMEOUT": "2",
-            # Callback messages held by a worker that dies come back after this long.
-            "POLLER_VISIBILITY_TIMEOUT": "30",
+            # A message held by a worker that dies comes back after this long (Redis): the
+            # horizon (10 s) plus the lease, plus room, as the settings require.
+            "POLLER_VISIBILITY_TIMEOUT": os.environ.get("SOAK_VISIBILITY_TIMEOUT", "40"),
         }
+        if broker == "rabbitmq":
+            amqp = os.environ.get("SOAK_AMQP_URL", DEFAULT_AMQP_URL)
+            env["POLLER_BROKER_URL"] = stack.enter_context(rabbitmq_vhost(amqp))
         os.environ.update(env)
         from export_poller.runtime import reconfigure
 
@@ -188,17 +206,80 @@ def watch(
     r = redis.Redis.from_url(fleet.env["POLLER_REDIS_URL"])
     events = chaos(fleet, redis_child, workdir, started, rng) if faults else iter(())
     next_fault = started + 4
-    while time.monotonic() - started < 600:
+    faults_seen: list[str] = []
+    first_seen: dict[str, float] = {}  # wall-clock time each export's callback was first seen
+    # Nothing new for this long after the faults stopped: what is missing is lost, not late.
+    patience = CHAOS_SECONDS + float(fleet.env["POLLER_VISIBILITY_TIMEOUT"]) + 30
+    progress = time.monotonic()
+    while time.monotonic() - started < 600 and time.monotonic() - progress < patience:
         seen = callbacks(r)
+        if len(seen) > len(first_seen):
+            progress = time.monotonic()
+        first_seen |= {tid: time.time() for tid in seen if tid not in first_seen}
         if len(seen) >= len(expected):
             break
         chaos_on = time.monotonic() - started < CHAOS_SECONDS
         if faults and chaos_on and time.monotonic() >= next_fault:
-            print(next(events, ""), flush=True)
+            faults_seen.append(next(events, ""))
+            print(faults_seen[-1], flush=True)
             next_fault = time.monotonic() + rng.uniform(4, 7)
         time.sleep(0.5)
     elapsed = time.monotonic() - started
-    return summarize(r, expected, callbacks(r), elapsed)
+    held = parked(r)
+    settle(r, fleet.env)
+    report = summarize(r, expected, callbacks(r), elapsed)
+    kinds = collections.Counter(fault_kind(f) for f in faults_seen if f)
+    return report | lateness(r, first_seen, fleet.env) | held | {"faults": dict(kinds)}
+
+
+def fault_kind(event: str) -> str:
+    for words, kind in (
+        ("SIGKILL beat", "beat_killed"),
+        ("SIGKILL worker", "worker_killed"),
+        ("restarted Redis", "redis_restarted"),
+        ("had exited", "worker_exited"),
+    ):
+        if words in event:
+            return kind
+    return "other"
+
+
+def parked(r: redis.Redis) -> dict[str, Any]:
+    """Messages in kombu's Redis `unacked` hash when every callback has run, by task: held by
+    a worker that died, they come back after the visibility timeout."""
+    tasks = collections.Counter(
+        json.loads(raw)[0]["headers"]["task"]
+        for raw in retrying(lambda: r.hvals("unacked"))  # type: ignore[no-any-return]
+    )
+    return {"parked_unacked": sum(tasks.values()), "parked_by_task": dict(tasks)}
+
+
+def settle(r: redis.Redis, env: dict[str, str]) -> None:
+    """Wait for what is parked to come back (Redis: the visibility timeout), so a callback run
+    twice by a redelivery is counted too."""
+    if env.get("POLLER_BROKER_URL", "").startswith("amqp"):
+        return
+    deadline = time.monotonic() + float(env["POLLER_VISIBILITY_TIMEOUT"]) + 15
+    while retrying(lambda: r.hlen("unacked")) and time.monotonic() < deadline:
+        time.sleep(1)
+
+
+def lateness(r: redis.Redis, first_seen: dict[str, float], env: dict[str, str]) -> dict[str, Any]:
+    """How long after its export ended each callback ran (to the bench's 0.5 s look), against
+    the promise: one sweep interval plus the rescue grace."""
+    allowed = float(env["POLLER_SWEEP_INTERVAL"]) + float(env["POLLER_RESCUE_GRACE"])
+    late = []
+    for tid, seen_at in first_seen.items():
+        ended = retrying(lambda tid=tid: r.hget(f"{PREFIX}:x:{tid}", "finished_at"))
+        if ended:
+            late.append(seen_at - float(ended))
+    late.sort()
+    return {
+        "delayed": sum(1 for s in late if s > allowed + 0.5),
+        "delay_allowed_s": allowed,
+        "delay_p50_s": round(late[len(late) // 2], 1) if late else None,
+        "delay_max_s": round(late[-1], 1) if late else None,
+    }
 
 
 def summarize(
@@ -226,20 +307,28 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--exports", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--broker", choices=("redis", "rabbitmq"), default="redis")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     exit_on_sigterm()
-    print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}", flush=True)
-    calm = run(args.exports, faults=False, seed=args.seed)
+    print(
+        f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}, broker {args.broker}",
+        flush=True,
+    )
+    calm = run(args.exports, faults=False, seed=args.seed, broker=args.broker)
     print(f"without faults: {calm}", flush=True)
-    chaotic = run(args.exports, faults=True, seed=args.seed)
+    chaotic = run(args.exports, faults=True, seed=args.seed, broker=args.broker)
     print(f"with faults:    {chaotic}", flush=True)
     ok = all(chaotic[k] == 0 for k in ("lost", "double_callbacks", "wrong_state"))
     ratio = chaotic["seconds"] / calm["seconds"]
     print(
         f"\nexports tracked {chaotic['tracked']}, ended {chaotic['ended']}, "
         f"lost {chaotic['lost']} (goal 0), callbacks fired twice {chaotic['double_callbacks']} "
-        f"(goal 0), wrong final state {chaotic['wrong_state']} (goal 0)"
+        f"(goal 0), wrong final state {chaotic['wrong_state']} (goal 0), callbacks later than "
+        f"{chaotic['delay_allowed_s']:g}s after the end {chaotic['delayed']} "
+        f"(max {chaotic['delay_max_s']}s), callbacks run again by a redelivery "
+        f"{chaotic['redelivered_executions']}, parked in unacked at the end "
+        f"{chaotic['parked_by_task']}"
     )
     print(
         f"time to finish: {chaotic['seconds']}s with faults vs {calm['seconds']}s without "

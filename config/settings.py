@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable, Iterator
 from functools import lru_cache
 from typing import Annotated, Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -25,6 +25,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+
+from export_poller.config import brokers
 
 _RATE = re.compile(r"^\s*\d+\s*(/|per)\s*\d*\s*(second|minute|hour|day)s?\s*$", re.IGNORECASE)
 
@@ -84,8 +86,11 @@ class Settings(BaseSettings):
         extra="ignore",
     )
 
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    broker_url: str | None = None
+    redis_url: str = Field("redis://127.0.0.1:6379/0", repr=False)
+    broker_url: str | None = Field(None, repr=False)
+    redis_sentinel_master: str | None = None
+    broker_quorum_queues: bool = False
+    broker_consumer_timeout: PositiveSeconds = 1800.0
     key_prefix: str = "ep"
     queue: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$")] = (
         "export-poller"
@@ -101,7 +106,7 @@ class Settings(BaseSettings):
     default_timeout: PositiveSeconds = 24 * 3600.0
     enqueue_horizon: PositiveSeconds = 10.0
     lease_seconds: PositiveSeconds = 120.0
-    visibility_timeout: PositiveSeconds = 3600.0
+    visibility_timeout: PositiveSeconds = 300.0
     rescue_grace: PositiveSeconds = 30.0
     http_connect_timeout: PositiveSeconds = 5.0
     http_read_timeout: PositiveSeconds = 30.0
@@ -128,12 +133,15 @@ class Settings(BaseSettings):
     breaker_max_cooldown: PositiveSeconds = 300.0
     accounts: dict[str, AccountSettings] = Field(default_factory=dict)
 
-    @field_validator("redis_url", "broker_url")
+    @field_validator("redis_url")
     @classmethod
-    def _redis_scheme(cls, value: str | None) -> str | None:
-        if value is not None and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
-            raise ValueError("must be a redis://, rediss:// or unix:// URL")
-        return value
+    def _redis_scheme(cls, value: str) -> str:
+        return brokers.check_url(value, brokers.REDIS_SCHEMES)
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_scheme(cls, value: str | None) -> str | None:
+        return None if value is None else brokers.check_url(value, brokers.BROKER_SCHEMES)
 
     @field_validator("accounts", mode="before")
     @classmethod
@@ -151,27 +159,47 @@ class Settings(BaseSettings):
             )
         return self
 
-    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
-        return _redacted_args(super().__repr_args__(), ("redis_url", "broker_url"))
-
     @property
     def request_deadline(self) -> float:
         return self.http_total_timeout or self.http_read_timeout
+
+    @model_validator(mode="after")
+    def _broker_fits_work(self) -> Settings:
+        """A message is held unacked for at most its countdown plus one poll; the broker must
+        not take it back sooner (Redis: visibility timeout; RabbitMQ: consumer_timeout)."""
+        brokers.check_hold(self.held_seconds, self.broker_kind, self.hold_limit)
+        if self.redis_sentinel_master is None and "sentinel" in (
+            urlsplit(self.redis_url).scheme,
+            urlsplit(self.broker).scheme,
+        ):
+            raise ValueError("a sentinel:// URL needs POLLER_REDIS_SENTINEL_MASTER")
+        return self
 
     @property
     def broker(self) -> str:
         return self.broker_url or self.redis_url
 
+    @property
+    def broker_kind(self) -> str:
+        """`amqp` (RabbitMQ) or `redis`: what the Celery app is configured for."""
+        return brokers.kind(self.broker)
+
+    @property
+    def held_seconds(self) -> float:
+        """The longest a worker holds one of our messages unacked: a countdown (never longer
+        than the enqueue horizon) plus one poll (bounded by its lease)."""
+        return self.enqueue_horizon + self.lease_seconds
+
+    @property
+    def hold_limit(self) -> float:
+        if self.broker_kind == "amqp":
+            return self.broker_consumer_timeout
+        return self.visibility_timeout
+
 
 def redact_url(url: str) -> str:
-    """Hide a password in a Redis URL before it is logged or printed."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
+    """Hide a password in a Redis or AMQP URL before it is logged or printed."""
+    return brokers.redact_url(url)
 
 
 def _redacted_args(

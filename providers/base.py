@@ -25,6 +25,7 @@ import requests
 from pydantic import BaseModel, ValidationError
 from requests.auth import AuthBase
 
+from export_poller.config.brokers import redact_url
 from export_poller.config.settings import AccountSettings, Settings
 from export_poller.providers import errors, transport
 from export_poller.providers.models import ExportStatus
@@ -63,16 +64,28 @@ class Budget:
 
 
 _RELATIVE_RESET = 1e9  # a Reset below this is seconds from now, not a Unix time
+# The longest a provider's stated time is believed: a hostile or broken header (a year, or 400
+# digits) would otherwise hold an account, or push an export past its deadline, for that long.
+MAX_STATED_WAIT = 3600.0
+
+
+def _reset_at(value: str | None, now: float) -> float | None:
+    """`X-RateLimit-Reset` as a Unix time: Seven Bridges sends one; a small number is read as
+    seconds from now, as some APIs send it. Capped at MAX_STATED_WAIT from now."""
+    reset = _count(value)
+    if reset is None:
+        return None
+    at = float(reset) if reset >= _RELATIVE_RESET else now + reset
+    return min(at, now + MAX_STATED_WAIT)
 
 
 def read_budget(headers: Mapping[str, str], now: float | None = None) -> Budget | None:
     """The budget an answer states, if it states one (Seven Bridges does on every answer)."""
-    remaining = _count(headers.get("X-RateLimit-Remaining"))
-    reset = _count(headers.get("X-RateLimit-Reset"))
-    if remaining is None or reset is None:
-        return None
     now = time.time() if now is None else now
-    reset_at = float(reset) if reset >= _RELATIVE_RESET else now + reset
+    remaining = _count(headers.get("X-RateLimit-Remaining"))
+    reset_at = _reset_at(headers.get("X-RateLimit-Reset"), now)
+    if remaining is None or reset_at is None:
+        return None
     return Budget(_count(headers.get("X-RateLimit-Limit")), remaining, reset_at)
 
 
@@ -127,7 +140,8 @@ class Provider(ABC):
         self._last = threading.local()  # one adapter serves all of a worker's threads
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} account={self.account_name!r} base_url={self.base_url!r}>"
+        url = redact_url(self.base_url)
+        return f"<{type(self).__name__} account={self.account_name!r} base_url={url!r}>"
 
     # -- what a provider module writes -------------------------------------------------------
 
@@ -328,20 +342,20 @@ def _json_or_none(body: bytes) -> Any:
 
 
 def retry_after_seconds(headers: Mapping[str, str], now: float | None = None) -> float | None:
-    """`Retry-After` (seconds or an HTTP date) or `X-RateLimit-Reset` (a Unix time), as a wait."""
+    """`Retry-After` (seconds or an HTTP date) or `X-RateLimit-Reset`, as a wait of at most
+    MAX_STATED_WAIT."""
     now = time.time() if now is None else now
-    value = headers.get("Retry-After")
+    value = (headers.get("Retry-After") or "").strip()
+    if value.isdigit():  # any number of digits: never float("9" * 400), which is inf
+        return MAX_STATED_WAIT if len(value) > 6 else min(float(value), MAX_STATED_WAIT)
     if value:
-        if value.strip().isdigit():
-            return float(value.strip())
         try:
-            return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - now)
-        except (TypeError, ValueError):
+            at = email.utils.parsedate_to_datetime(value).timestamp()
+            return min(max(0.0, at - now), MAX_STATED_WAIT)
+        except (TypeError, ValueError, OverflowError):
             pass
-    reset = headers.get("X-RateLimit-Reset")
-    if reset and reset.strip().isdigit():
-        return max(0.0, float(reset) - now)
-    return None
+    reset_at = _reset_at(headers.get("X-RateLimit-Reset"), now)
+    return None if reset_at is None else max(0.0, reset_at - now)
 
 
 def map_http_error(

@@ -20,7 +20,7 @@ import base64
 import re
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote, quote_plus, unquote, urlsplit
 
 from export_poller.config.settings import AccountSettings
 
@@ -37,6 +37,9 @@ def secret_forms(account: AccountSettings) -> set[str]:
     forms: set[str] = set()
     for secret in filter(None, secrets):
         forms |= _spellings(secret)
+    url_password = urlsplit(account.base_url or "").password
+    if url_password:  # https://user:password@host: requests sends it as basic auth
+        forms |= _spellings(unquote(url_password)) | _spellings(url_password)
     if account.username and account.password is not None:
         pair = f"{account.username}:{account.password.get_secret_value()}"
         forms |= _encodings(pair)

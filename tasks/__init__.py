@@ -26,4 +26,4 @@ def __getattr__(name: str) -> Any:
         from export_poller import api
 
         return getattr(api, name)
-    raise AttributeError(f"module 'tasks' has no attribute {name!r}")
+    raise AttributeError(f"module 'export_poller' has no attribute {name!r}")

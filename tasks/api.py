@@ -13,6 +13,7 @@ import logging
 import math
 import re
 from collections.abc import Mapping
+from functools import cache
 from typing import Any
 
 from export_poller import clock
@@ -272,11 +273,13 @@ def queue_has_consumer(queue: str, timeout: float = 1.0) -> bool | None:
     return any(q.get("name") == queue for queues in replies.values() for q in queues or ())
 
 
-def _service_tasks() -> set[str]:
+@cache
+def _service_tasks() -> frozenset[str]:
+    """This service's task names: fixed once its tasks are registered, so read once."""
     from export_poller import jobs  # noqa: F401 - registers this service's tasks on the app
     from export_poller.celery import app
 
-    return {name for name in app.tasks if not name.startswith("celery.")}
+    return frozenset(name for name in app.tasks if not name.startswith("celery."))
 
 
 def _metadata(value: object) -> dict[str, Any]:

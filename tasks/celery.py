@@ -1,14 +1,67 @@
 """The Celery app: JSON only, late acks, and the sweep on beat.
 
 Settings are read here, at import, so a worker or beat with a bad setting fails at start-up with
-a message that names it, before it takes any work.
+a message that names it, before it takes any work. What the broker needs (RabbitMQ: durable or
+quorum queues, publisher confirms; Redis: a visibility timeout fitted to the work) is in
+`broker_conf`, a function of the settings, so it is unit-tested without a broker.
 """
 
 from __future__ import annotations
 
-from celery import Celery
+from typing import Any
 
-from export_poller.config.settings import get_settings
+from celery import Celery
+from kombu import Exchange, Queue
+
+from export_poller.config.settings import Settings, get_settings
+
+
+def broker_conf(settings: Settings) -> dict[str, Any]:
+    """Celery settings that depend on the broker kind."""
+    if settings.broker_kind == "amqp":
+        return _amqp_conf(settings)
+    return _redis_conf(settings)
+
+
+def _amqp_conf(settings: Settings) -> dict[str, Any]:
+    """RabbitMQ: messages survive a broker restart (durable queue, persistent messages).
+
+    A delivered message must be acked within the server's `consumer_timeout` (30 min by
+    default) or RabbitMQ closes the channel. Nothing here is held that long: countdowns are at
+    most `POLLER_ENQUEUE_HORIZON` (later polls wait in Redis), and a poll is bounded by its
+    lease; settings refuse a `POLLER_BROKER_CONSUMER_TIMEOUT` that does not leave room for both.
+    """
+    queue, quorum = settings.queue, settings.broker_quorum_queues
+    # Quorum queues cannot hold a countdown message in a worker under global QoS; Celery then
+    # delays natively, through topic exchanges, so the queue's exchange is a topic one.
+    exchange = Exchange(queue, type="topic" if quorum else "direct", durable=True)
+    arguments = {"x-queue-type": "quorum"} if quorum else None
+    return {
+        "task_queues": [
+            Queue(queue, exchange, routing_key=queue, durable=True, queue_arguments=arguments)
+        ],
+        "task_default_exchange": queue,
+        "task_default_exchange_type": exchange.type,
+        "task_default_routing_key": queue,
+        "task_default_delivery_mode": "persistent",
+        # Publisher confirms: on the producer that sends polls and callbacks (runtime.py), not
+        # on every Celery connection (see `confirmed_producer`).
+        "broker_heartbeat": 60,
+    }
+
+
+def _redis_conf(settings: Settings) -> dict[str, Any]:
+    """Redis: a message a dead worker held comes back after the visibility timeout, checked
+    every tenth of it (kombu's default checks every 100 s, and 1 h is its default timeout)."""
+    options: dict[str, Any] = {
+        "visibility_timeout": settings.visibility_timeout,
+        "unacked_restore_interval": max(1, min(10, int(settings.visibility_timeout / 10))),
+        "unacked_restore_throttle": 1,
+    }
+    if settings.redis_sentinel_master:
+        options["master_name"] = settings.redis_sentinel_master
+    return {"broker_transport_options": options}
+
 
 settings = get_settings()
 
@@ -30,9 +83,6 @@ app.conf.update(
     task_send_sent_event=False,
     worker_hijack_root_logger=False,
     broker_connection_retry_on_startup=True,
-    # A message a dead worker held (a callback, a track) comes back after this long; lost
-    # polls do not wait for it, the sweep rescues them.
-    broker_transport_options={"visibility_timeout": settings.visibility_timeout},
     timezone="UTC",
     beat_schedule={
         "exports.sweep": {
@@ -41,4 +91,5 @@ app.conf.update(
             "options": {"expires": settings.sweep_interval * 2},
         }
     },
+    **broker_conf(settings),
 )

@@ -19,7 +19,8 @@ import click
 import kombu.exceptions
 import redis
 
-from export_poller.config.settings import InvalidSettings, redact_url
+from export_poller.config.brokers import redact_text
+from export_poller.config.settings import InvalidSettings
 from export_poller.providers.errors import ConfigurationError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -53,7 +54,7 @@ def user_errors(func: F) -> F:
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             _fail(f"Redis is unreachable ({type(exc).__name__}); check POLLER_REDIS_URL")
         except kombu.exceptions.OperationalError as exc:
-            _fail(f"the broker is unreachable: {redact_url(str(exc))}")
+            _fail(f"the broker is unreachable: {redact_text(str(exc))}")
         except RuntimeError as exc:  # api.OperationFailed: right input, not possible now
             _fail(str(exc), code=1)
 
@@ -426,6 +427,11 @@ def demo(exports: int, redis_url: str | None, as_json: bool) -> None:
 
     sys.exit(run_demo(exports, redis_url=redis_url, as_json=as_json))
 
+
+# `export-poller health` (probes, supervisors) lives in its own module.
+from export_poller.health import health  # noqa: E402
+
+main.add_command(health)
 
 if __name__ == "__main__":
     main()

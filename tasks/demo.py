@@ -201,6 +201,9 @@ def _start_services(
     return sim.url, children
 
 
+_DEADLINES = "_kombu.binding_deadlines"
+
+
 def cleanup(redis_url: str, names: Private) -> int:
     """Delete what the demo wrote to a shared Redis: its keys, its queue and its worker's
     remote-control binding. Returns how many keys went."""
@@ -217,7 +220,13 @@ def cleanup(redis_url: str, names: Private) -> int:
         for member in r.smembers(key):  # type: ignore[union-attr]
             if names.worker.encode() in member:
                 r.srem(key, member)
-    return int(cast(int, r.delete(*doomed))) if doomed else 0
+    gone = int(cast(int, r.delete(*doomed))) if doomed else 0
+    # kombu keeps a deadline per expiring binding table; one whose table is gone is dead (on a
+    # Redis that is no fleet's broker, the demo's worker was its only user).
+    for table in r.zrange(_DEADLINES, 0, -1):  # type: ignore[union-attr]
+        if not r.exists(b"_kombu.binding." + table):
+            r.zrem(_DEADLINES, table)
+    return gone
 
 
 def _redacted(url: str) -> str:

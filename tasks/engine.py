@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from kombu.exceptions import OperationalError as KombuOperationalError
 
 from export_poller import clock, policy
+from export_poller.config.brokers import redact_text
 from export_poller.config.settings import Settings
 from export_poller.guards import AccountGuard
 from export_poller.providers import errors
@@ -295,9 +296,9 @@ class Engine:
         return states.get(tid, "lost")
 
     def _bounded(self, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
-        """No train we send names more than POLLER_TRAIN_MAX exports or one bulk request's
-        worth: a longer message is forged, and its tail is left to the sweep rather than to
-        one long, loud run."""
+        """No train we send names more than 1,000 exports (POLLER_TRAIN_MAX is 50 by default,
+        a bulk request holds 100): a longer message is forged, and its tail is left to the
+        sweep rather than to one long, loud run."""
         most = max(self.settings.train_max, _MOST_PER_MESSAGE)
         if len(pairs) > most:
             log.warning("poll message names %d exports; polling the first %d", len(pairs), most)
@@ -699,7 +700,7 @@ class Engine:
             log.warning("callback dispatch failed; the sweep retries tracking_id=%s", tid)
             return False
         except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"[:200]
+            error = redact_text(f"{type(exc).__name__}: {exc}")[:200]
             dead = self.store.fail_outbox(
                 tid,
                 now=clock.now(),

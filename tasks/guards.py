@@ -75,7 +75,9 @@ class AccountGuard:
     def limiter(self) -> MovingWindowRateLimiter:
         if self._limiter is None:
             url = self.settings.redis_url
-            storage = RedisStorage(url, key_prefix=f"{self.settings.key_prefix}:rl")
+            storage = RedisStorage(
+                url, self.r.connection_pool, key_prefix=f"{self.settings.key_prefix}:rl"
+            )
             # Share this process's client (its pool, TLS and password) with the limiter.
             storage.storage = self.r
             storage.initialize_storage(url)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from typing import Any
 
-from celery import Task, signature
+from celery import Task, current_task, signature
 
 from export_poller.celery import app, settings
-from export_poller.runtime import get_engine, redis_client
+from export_poller.runtime import confirmed_producer, get_engine, redis_client
 
+_REFUSAL_IDS = uuid.UUID("5d1f0c2a-8e47-4b39-a6f2-0c9e7b3d41a8")
 log = logging.getLogger("export_poller.tasks")
 
 # Leave room for the HTTP call (bounded by its own timeouts) well inside the poll lease.
@@ -108,7 +110,14 @@ def _refuse(exc: Exception, call: dict[str, Any], on_failure: object) -> None:
         return
     for warning in callback_warnings(sig):
         log.warning("track refusal: %s", warning)
-    signature(full_signature(sig), app=app).apply_async((record,))  # type: ignore[arg-type]
+    # A redelivered track message is refused again; its refusal keeps one task id, so the
+    # caller can tell the repeat (as with a re-sent completion callback).
+    request_id = getattr(current_task.request, "id", None) if current_task else None
+    task_id = str(uuid.uuid5(_REFUSAL_IDS, request_id)) if request_id else None
+    with confirmed_producer() as producer:
+        signature(full_signature(sig), app=app).apply_async(  # type: ignore[arg-type]
+            (record,), task_id=task_id, producer=producer
+        )
 
 
 @app.task(name="exports.record_callback", ignore_result=True, bind=True)

@@ -161,7 +161,7 @@ def _on_rate_limited(ctx: PollContext, exc: errors.RateLimited, now: float) -> D
     look)."""
     if now >= ctx.deadline:
         return Decision(state="timed_out", next_poll_at=None, error=exc.as_dict())
-    at = now + max(exc.retry_after, 0.0)
+    at = min(now + max(exc.retry_after, 0.0), ctx.deadline)  # never wait past the deadline
     return Decision(
         state=ctx.state,
         next_poll_at=at,

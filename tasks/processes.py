@@ -15,9 +15,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+import uuid
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import redis
 
@@ -168,3 +170,43 @@ def start_beat(env: Mapping[str, str], workdir: Path, *, name: str = "beat") -> 
     schedule = Path(tempfile.mkdtemp(dir=workdir)) / "beat-schedule"
     argv = celery_argv("beat", "--loglevel", "INFO", "--schedule", str(schedule))
     return spawn(name, argv, env, workdir)
+
+
+DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672"
+
+
+def rabbitmq_ready(url: str) -> bool:
+    from kombu import Connection
+
+    try:
+        with Connection(url, connect_timeout=2) as conn:
+            conn.ensure_connection(max_retries=1)
+        return True
+    except Exception:  # any failure means "not reachable"; the caller says why
+        return False
+
+
+def _rabbitmqctl(*args: str) -> None:
+    binary = shutil.which("rabbitmqctl")
+    if binary is None:
+        raise RuntimeError("rabbitmqctl is not installed; install rabbitmq-server")
+    subprocess.run(  # noqa: S603 - argv is built here, never from user input
+        [binary, "-q", *args], check=True, capture_output=True, timeout=60
+    )
+
+
+@contextlib.contextmanager
+def rabbitmq_vhost(base_url: str = DEFAULT_AMQP_URL) -> Iterator[str]:
+    """A private vhost on the machine's RabbitMQ for one run, deleted afterwards: runs that
+    share the server (tests of several engineers, a soak) never see each other's queues."""
+    base = base_url.rstrip("/")
+    user = urlsplit(base).username or "guest"
+    vhost = f"export-poller-{uuid.uuid4().hex[:12]}"
+    _rabbitmqctl("add_vhost", vhost)
+    try:
+        _rabbitmqctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+        url = f"{base}/{vhost}"
+        wait_until(lambda: rabbitmq_ready(url), 30, f"RabbitMQ vhost {vhost}")
+        yield url
+    finally:
+        _rabbitmqctl("delete_vhost", vhost)

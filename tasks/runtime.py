@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+import math
+import uuid
+from collections.abc import Iterator, Sequence
 from functools import cache
 from typing import Any
 
 import redis
 from celery import signature
+from kombu import Connection, Producer
+from kombu.pools import producers
 
-from export_poller.celery import app
+from export_poller.celery import app, broker_conf
 from export_poller.config.settings import get_settings
+from export_poller.connect import redis_client as store_client
 from export_poller.engine import Engine
 from export_poller.guards import AccountGuard
 from export_poller.store import Store
@@ -26,7 +32,26 @@ def _send_poll(pairs: Sequence[tuple[str, str]], countdown: float) -> None:
     (tracking_id, token), *more = pairs
     args = (tracking_id, token, [list(p) for p in more]) if more else (tracking_id, token)
     delay = countdown if countdown >= _MIN_COUNTDOWN else None
-    app.send_task("exports.poll", args=args, countdown=delay)
+    if delay is not None and get_settings().broker_quorum_queues:
+        # Celery delays natively on quorum queues, in whole seconds (it refuses a countdown
+        # that truncates to 0): round up, never early.
+        delay = math.ceil(delay)
+    with confirmed_producer() as producer:
+        app.send_task("exports.poll", args=args, countdown=delay, producer=producer)
+
+
+_CALLBACK_IDS = uuid.UUID("0b6c3f5e-2f7a-4d0e-9a51-6c1f3e2d8a40")
+
+
+def callback_task_id(record: dict[str, Any]) -> str:
+    """One id per export's callback, the same on every dispatch: if a worker dies after the
+    broker took the callback and before the outbox noted it, the sweep's second dispatch
+    carries the first one's id, so a callback can tell a repeat from a new one. A redelivery
+    asked for on purpose (`export-poller redeliver`) is a new one: it gets an id of its own."""
+    key = f"{record['tracking_id']}:{record['state']}"
+    if record.get("redeliveries"):
+        key += f":{record['redeliveries']}"
+    return str(uuid.uuid5(_CALLBACK_IDS, key))
 
 
 def _send_callback(sig: dict[str, Any], record: dict[str, Any]) -> None:
@@ -34,12 +59,40 @@ def _send_callback(sig: dict[str, Any], record: dict[str, Any]) -> None:
 
     for warning in callback_warnings(sig):  # said at track time too, and kept in the record
         log.warning("tracking_id=%s: %s", record.get("tracking_id"), warning)
-    signature(sig, app=app).apply_async((record,))
+    with confirmed_producer() as producer:
+        signature(sig, app=app).apply_async(
+            (record,), task_id=callback_task_id(record), producer=producer
+        )
+
+
+@cache
+def _confirming_connection() -> Connection | None:
+    settings = get_settings()
+    if settings.broker_kind != "amqp":
+        return None
+    return Connection(settings.broker, transport_options={"confirm_publish": True})
+
+
+@contextlib.contextmanager
+def confirmed_producer() -> Iterator[Producer | None]:
+    """RabbitMQ: a producer whose publish returns once the broker has the message (publisher
+    confirms), on a connection only this producer reads; None (Celery's own) on Redis.
+
+    Not set for all of Celery's connections: a worker's event dispatcher, sharing its connection
+    with the event loop, was seen waiting forever for a confirm under the thread pool, and
+    with it every thread of the worker.
+    """
+    conn = _confirming_connection()
+    if conn is None:
+        yield None
+        return
+    with producers[conn].acquire(block=True) as producer:
+        yield producer
 
 
 @cache
 def redis_client() -> redis.Redis:
-    return redis.Redis.from_url(get_settings().redis_url, health_check_interval=30)
+    return store_client(get_settings(), health_check_interval=30)
 
 
 @cache
@@ -56,8 +109,12 @@ def reconfigure() -> None:
 
     reset_settings()
     get_engine.cache_clear()
+    _confirming_connection.cache_clear()
     redis_client.cache_clear()
-    app.conf.update(broker_url=get_settings().broker, task_default_queue=get_settings().queue)
+    settings = get_settings()
+    app.conf.update(
+        broker_url=settings.broker, task_default_queue=settings.queue, **broker_conf(settings)
+    )
     # Celery has no public call to drop its broker pools; without this, messages would still
     # go to the broker this process first connected to.
     # (kombu keeps pools per broker URL in a global registry; closing them here would break

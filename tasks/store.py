@@ -197,7 +197,9 @@ for _, tid in ipairs(due) do
   elseif v[2] and tonumber(v[2]) > tonumber(ARGV[1]) then
     redis.call('ZADD', KEYS[1], v[2], tid)
   elseif v[3] and tonumber(v[3]) > tonumber(ARGV[1]) then
-    -- a provider's stated time: not taken along early, left where it is
+    -- a provider's stated time: not taken along early, and moved to that time so it does not
+    -- sit at the head of the index in front of exports that are due
+    redis.call('ZADD', KEYS[1], v[3], tid)
   else
     redis.call('HSET', key, 'lease_until', ARGV[2], 'claim', ARGV[3])
     redis.call('ZADD', KEYS[2], ARGV[2], tid)

@@ -1,7 +1,14 @@
-"""A real private redis-server, the simulator over real HTTP, and real worker/beat subprocesses."""
+"""A real private redis-server, the simulator over real HTTP, and real worker/beat subprocesses.
+
+The broker is the private Redis by default; `POLLER_TEST_BROKER=rabbitmq` runs the same tests
+with RabbitMQ as the broker (Redis stays the store): a private vhost on the RabbitMQ at
+`POLLER_TEST_AMQP_URL` (default amqp://guest:guest@127.0.0.1:5672), created with rabbitmqctl
+for the session and deleted after it.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -14,11 +21,22 @@ import redis
 from celery import signature
 
 from export_poller.demo import fast_env
-from export_poller.processes import Child, start_beat, start_redis, start_worker, wait_until
+from export_poller.processes import (
+    DEFAULT_AMQP_URL,
+    Child,
+    rabbitmq_vhost,
+    start_beat,
+    start_redis,
+    start_worker,
+    wait_until,
+)
 from export_poller.providers.simulator.client import SimulatorClient
 from export_poller.providers.simulator.server import start_in_thread
 
 PREFIX = "it"
+BROKER = os.environ.get("POLLER_TEST_BROKER", "redis").strip().lower()
+if BROKER not in ("redis", "rabbitmq"):
+    raise pytest.UsageError(f"POLLER_TEST_BROKER must be redis or rabbitmq, not {BROKER!r}")
 
 
 @pytest.fixture(scope="session")
@@ -31,6 +49,16 @@ def redis_server(workdir: Path) -> Iterator[Child]:
     child = start_redis(workdir, appendonly=True)
     yield child
     child.stop()
+
+
+@pytest.fixture(scope="session")
+def broker_url(redis_server: Child) -> Iterator[str]:
+    """The broker every worker, beat and this process use in a test that takes `env`."""
+    if BROKER == "redis":
+        yield redis_server.extra["url"]
+        return
+    with rabbitmq_vhost(os.environ.get("POLLER_TEST_AMQP_URL", DEFAULT_AMQP_URL)) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -48,12 +76,16 @@ def sim_client(sim: Any) -> SimulatorClient:
 
 
 @pytest.fixture
-def env(redis_server: Child, sim: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
-    """Point this process and its children at the private Redis and the simulator."""
+def env(
+    redis_server: Child, broker_url: str, sim: Any, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[dict[str, str]]:
+    """Point this process and its children at the private Redis, the broker and the simulator."""
     url = redis_server.extra["url"]
     r = redis.Redis.from_url(url)
     r.flushall()
-    settings = fast_env(url, sim.url, prefix=PREFIX)
+    settings = fast_env(url, sim.url, prefix=PREFIX) | {"POLLER_BROKER_URL": broker_url}
+    if BROKER == "rabbitmq":
+        purge(broker_url)  # a message a previous test's workers left behind is not this test's
     for key, value in settings.items():
         monkeypatch.setenv(key, value)
     from export_poller.runtime import reconfigure
@@ -61,6 +93,13 @@ def env(redis_server: Child, sim: Any, monkeypatch: pytest.MonkeyPatch) -> Itera
     reconfigure()
     yield {**os.environ, **settings}
     reconfigure()
+
+
+def purge(url: str) -> None:
+    from kombu import Connection
+
+    with Connection(url) as conn, contextlib.suppress(*conn.channel_errors):
+        conn.default_channel.queue_purge("export-poller")  # not declared yet: nothing to purge
 
 
 class Fleet:

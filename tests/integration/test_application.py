@@ -32,7 +32,7 @@ import config
 
 app = Celery("myapp", broker=os.environ["APP_BROKER"])
 app.conf.update(task_serializer="json", accept_content=["json"], worker_hijack_root_logger=False)
-store = redis.Redis.from_url(os.environ["APP_BROKER"])
+store = redis.Redis.from_url(os.environ["APP_STORE"])
 
 
 @app.task(name="myapp.export_ready")
@@ -109,7 +109,8 @@ def test_an_application_with_its_own_tasks_and_config_gets_its_callbacks(
     app_dir: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    env = {**fleet.env, "APP_BROKER": fleet.env["POLLER_REDIS_URL"]}
+    broker = fleet.env.get("POLLER_BROKER_URL") or fleet.env["POLLER_REDIS_URL"]  # either broker
+    env = {**fleet.env, "APP_BROKER": broker, "APP_STORE": fleet.env["POLLER_REDIS_URL"]}
     monkeypatch.chdir(app_dir)  # both workers start in the application's directory
     fleet.worker()
     app_worker = start_app_worker(fleet, env, app_dir)

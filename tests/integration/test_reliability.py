@@ -142,7 +142,7 @@ class Boom:
 def test_a_pickled_message_is_rejected_not_executed(fleet: Fleet, tmp_path: Path) -> None:
     worker = fleet.worker()
     marker = tmp_path / "pickle-was-executed"
-    with Connection(fleet.env["POLLER_REDIS_URL"]) as conn:
+    with Connection(fleet.env.get("POLLER_BROKER_URL") or fleet.env["POLLER_REDIS_URL"]) as conn:
         producer = Producer(
             conn, exchange=Exchange("export-poller", type="direct"), routing_key="export-poller"
         )

@@ -287,7 +287,7 @@ def test_a_refused_track_by_name_tells_the_caller_without_secrets(
         def __init__(self, sig: dict[str, Any], app: Any) -> None:
             self.sig = sig
 
-        def apply_async(self, args: tuple[Any, ...]) -> None:
+        def apply_async(self, args: tuple[Any, ...], **options: Any) -> None:
             sent.append((self.sig, args))
 
     monkeypatch.setattr(jobs, "signature", FakeSignature)
@@ -357,7 +357,7 @@ def test_a_track_by_name_with_unknown_or_missing_arguments_is_a_refusal_too(
         def __init__(self, sig: dict[str, Any], app: Any) -> None:
             pass
 
-        def apply_async(self, args: tuple[Any, ...]) -> None:
+        def apply_async(self, args: tuple[Any, ...], **options: Any) -> None:
             sent.append(args[0])
 
     monkeypatch.setattr(jobs, "signature", FakeSignature)
