@@ -116,6 +116,9 @@ class Settings(BaseSettings):
     callback_attempts: Annotated[int, Field(ge=1)] = 5
     train_max: Annotated[int, Field(ge=1)] = 50
     train_seconds: PositiveSeconds = 1.0
+    # Most poll messages ready in the broker (and not yet started) across the fleet: each is
+    # about POLLER_TRAIN_SECONDS of one thread's work; the rest of the due work waits in Redis.
+    backlog_max: Annotated[int, Field(ge=1)] = 64
     breaker_window: PositiveSeconds = 30.0
     breaker_min_calls: Annotated[int, Field(ge=1)] = 10
     breaker_ratio: Annotated[float, Field(gt=0, le=1)] = 0.5
