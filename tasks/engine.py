@@ -195,11 +195,15 @@ class Engine:
             "token": token,
         }
         store_track = self.store.track_as if tracking_id else self.store.track
-        created, tid = store_track(
-            tracking_id or uuid.uuid4().hex[:20], record, rescue_at=now + self.settings.rescue_grace
+        created, tid, admitted = store_track(
+            tracking_id or uuid.uuid4().hex[:20],
+            record,
+            rescue_at=now + self.settings.rescue_grace,
+            cap=self.settings.backlog_max,
+            grace=self.settings.rescue_grace,
         )
-        if created:
-            self._hand_off(str(fields["account"]), [([(tid, token)], 0.0)])
+        if created and admitted:  # else parked by the backlog bound, for the fair sweep
+            self.send_poll([(tid, token)], 0.0)
         return tid
 
     def _compact(self, fields: dict[str, Any], timeout: float) -> dict[str, Any]:

@@ -49,21 +49,6 @@ DIGEST_CHARS = 20
 # X-RateLimit-Reset, an account hold) is a hard floor for claims and for train take-along.
 _EARLY = 2.0
 
-_TRACK = """
-local existing = redis.call('HGET', KEYS[1], ARGV[2])
-if existing then
-  local state = redis.call('HGET', ARGV[5] .. existing, 'state')
-  if state == 'pending' or state == 'running' then return {0, existing} end
-end
-redis.call('HSET', KEYS[1], ARGV[2], ARGV[1])
-redis.call('HSET', KEYS[2], unpack(ARGV, 6))
-redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
-redis.call('ZADD', KEYS[5], ARGV[4], ARGV[1])
-local provider = redis.call('HGET', KEYS[2], 'provider')
-redis.call('HINCRBY', KEYS[4], 'active|' .. provider .. '|pending', 1)
-redis.call('SADD', KEYS[6], redis.call('HGET', KEYS[2], 'account'))
-return {1, ARGV[1]}
-"""
 
 # The broker backlog ledger: a poll message handed to the broker is counted (by its first
 # export) in {p}:flight ("acct|tid" -> due time), {p}:flight:{acct} (tid -> due time) and
@@ -246,18 +231,6 @@ end
 return out
 """
 
-# A caller-chosen id: a repeat with the same (account, export id) is the same tracking; an id
-# already used by another export is refused (""), never overwritten.
-_TRACK_AS = (
-    """
-local taken = redis.call('HGET', KEYS[2], 'idem')
-if taken then
-  if taken == ARGV[2] then return {0, ARGV[1]} end
-  return {0, ''}
-end
-"""
-    + _TRACK
-)
 
 # A finished export answered again (`refresh`) or its callback sent again (`redeliver`): only a
 # finished record changes, and the counter says how often.  ARGV: counter field, then pairs.
@@ -281,28 +254,87 @@ return redis.call('HGETALL', KEYS[2])
 # waiting) ready, or none of the account's own. A message turned away is parked: its exports
 # go back to the schedule at its due time and the account waits for the fair sweep.
 # ARGV: now, cap, "{p}:", grace, account, then per message: due time, n, n (tid, token) pairs.
-_ADMIT = (
+_ADMIT_FN = (
     _FORGET_MESSAGE
     + """
-local now, cap, P, acct = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[5]
-forget_lost(P, now - tonumber(ARGV[4]))
-local busy = redis.call('HLEN', P .. 'flight_n')
-for _, w in ipairs(redis.call('SMEMBERS', P .. 'waiting')) do
-  if redis.call('HEXISTS', P .. 'flight_n', w) == 0 then busy = busy + 1 end
+local function share_of(P, acct, cap)
+  local busy = redis.call('HLEN', P .. 'flight_n')
+  for _, w in ipairs(redis.call('SMEMBERS', P .. 'waiting')) do
+    if redis.call('HEXISTS', P .. 'flight_n', w) == 0 then busy = busy + 1 end
+  end
+  if redis.call('HEXISTS', P .. 'flight_n', acct) == 0
+      and redis.call('SISMEMBER', P .. 'waiting', acct) == 0 then
+    busy = busy + 1
+  end
+  return math.max(1, math.floor(cap / busy))
 end
-if redis.call('HEXISTS', P .. 'flight_n', acct) == 0
-    and redis.call('SISMEMBER', P .. 'waiting', acct) == 0 then
-  busy = busy + 1
-end
-local share = math.max(1, math.floor(cap / busy))
-local out, i = {}, 6
-while i <= #ARGV do
-  local due, n = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
+local function admit(P, acct, now, cap, share, due, first)
   local by = math.max(now, due)
   local total = redis.call('ZCOUNT', P .. 'flight', '-inf', by)
   local mine = redis.call('ZCOUNT', P .. 'flight:' .. acct, '-inf', by)
   if mine == 0 or (total < cap and mine < share) then
-    count_message(P, acct, ARGV[i + 2], due)
+    count_message(P, acct, first, due)
+    return true
+  end
+  redis.call('SADD', P .. 'waiting', acct)
+  redis.call('HINCRBY', P .. 'metrics', 'parked|' .. acct, 1)
+  return false
+end
+"""
+)
+
+# A new record, and the admission of its first poll in the same round trip (ARGV[6] is the
+# backlog bound, 0 for none; ARGV[7] the rescue grace): 1 to send it, 0 if it was parked.
+_TRACK = (
+    _ADMIT_FN
+    + """
+local existing = redis.call('HGET', KEYS[1], ARGV[2])
+if existing then
+  local state = redis.call('HGET', ARGV[5] .. existing, 'state')
+  if state == 'pending' or state == 'running' then return {0, existing, 0} end
+end
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[1])
+redis.call('HSET', KEYS[2], unpack(ARGV, 8))
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[5], ARGV[4], ARGV[1])
+local provider = redis.call('HGET', KEYS[2], 'provider')
+redis.call('HINCRBY', KEYS[4], 'active|' .. provider .. '|pending', 1)
+local account, cap = redis.call('HGET', KEYS[2], 'account'), tonumber(ARGV[6])
+redis.call('SADD', KEYS[6], account)
+if cap == 0 then return {1, ARGV[1], 1} end
+local P, now = string.sub(ARGV[5], 1, -3), tonumber(ARGV[4])
+forget_lost(P, now - tonumber(ARGV[7]))
+if admit(P, account, now, cap, share_of(P, account, cap), now, ARGV[1]) then
+  return {1, ARGV[1], 1}
+end
+redis.call('ZADD', KEYS[3], now, ARGV[1])  -- parked, due now: the fair sweep sends it
+return {1, ARGV[1], 0}
+"""
+)
+
+# A caller-chosen id: a repeat with the same (account, export id) is the same tracking; an id
+# already used by another export is refused (""), never overwritten.
+_TRACK_AS = (
+    """
+local taken = redis.call('HGET', KEYS[2], 'idem')
+if taken then
+  if taken == ARGV[2] then return {0, ARGV[1], 0} end
+  return {0, '', 0}
+end
+"""
+    + _TRACK
+)
+
+_ADMIT = (
+    _ADMIT_FN
+    + """
+local now, cap, P, acct = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[5]
+forget_lost(P, now - tonumber(ARGV[4]))
+local share = share_of(P, acct, cap)
+local out, i = {}, 6
+while i <= #ARGV do
+  local due, n = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
+  if admit(P, acct, now, cap, share, due, ARGV[i + 2]) then
     out[#out + 1] = 1
   else
     for j = i + 2, i + 2 * n, 2 do
@@ -310,8 +342,6 @@ while i <= #ARGV do
         redis.call('ZADD', P .. 'sched', due, ARGV[j])
       end
     end
-    redis.call('SADD', P .. 'waiting', acct)
-    redis.call('HINCRBY', P .. 'metrics', 'parked|' .. acct, 1)
     out[#out + 1] = 0
   end
   i = i + 2 + 2 * n
@@ -505,30 +535,51 @@ class Store:
 
     # -- state changes -----------------------------------------------------------------------
 
-    def track(self, tid: str, fields: Mapping[str, Any], *, rescue_at: float) -> tuple[bool, str]:
-        """Create a record unless this (account, export id) is already active: (created, tid)."""
-        account, export_id = str(fields["account"]), str(fields["export_id"])
-        digest = idem_digest(account, export_id)
-        args: list[Arg] = [tid, digest, rescue_at, _encode(fields["next_poll_at"])]
-        args += [f"{self.prefix}:x:", *_pairs({**fields, "idem": digest})]
-        keys = [self.idem, self.key(tid), self.sched, self.metrics, self.due_key(account)]
-        keys.append(self.accounts)
-        created, existing = self._track(keys=keys, args=args)
-        return bool(created), _text(existing)
+    def track(
+        self,
+        tid: str,
+        fields: Mapping[str, Any],
+        *,
+        rescue_at: float,
+        cap: int = 0,
+        grace: float = 0.0,
+    ) -> tuple[bool, str, bool]:
+        """Create a record unless this (account, export id) is already active: (created, tid,
+        whether its first poll may go to the broker now under the backlog bound `cap`; 0 for
+        none: else it is parked, due now, for the fair sweep)."""
+        return self._tracked(self._track, tid, fields, rescue_at, cap, grace)
 
     def track_as(
-        self, tid: str, fields: Mapping[str, Any], *, rescue_at: float
-    ) -> tuple[bool, str]:
-        """`track` under a caller-chosen id: (False, tid) for a repeat of the same export,
-        (False, other) if the export is active under another id, (False, "") if the id is taken."""
+        self,
+        tid: str,
+        fields: Mapping[str, Any],
+        *,
+        rescue_at: float,
+        cap: int = 0,
+        grace: float = 0.0,
+    ) -> tuple[bool, str, bool]:
+        """`track` under a caller-chosen id: (False, tid, _) for a repeat of the same export,
+        (False, other, _) if the export is active under another id, (False, "", _) if the id
+        is taken."""
+        return self._tracked(self._track_as, tid, fields, rescue_at, cap, grace)
+
+    def _tracked(
+        self,
+        script: Any,
+        tid: str,
+        fields: Mapping[str, Any],
+        rescue_at: float,
+        cap: int,
+        grace: float,
+    ) -> tuple[bool, str, bool]:
         account, export_id = str(fields["account"]), str(fields["export_id"])
         digest = idem_digest(account, export_id)
         args: list[Arg] = [tid, digest, rescue_at, _encode(fields["next_poll_at"])]
-        args += [f"{self.prefix}:x:", *_pairs({**fields, "idem": digest})]
+        args += [f"{self.prefix}:x:", cap, grace, *_pairs({**fields, "idem": digest})]
         keys = [self.idem, self.key(tid), self.sched, self.metrics, self.due_key(account)]
         keys.append(self.accounts)
-        created, existing = self._track_as(keys=keys, args=args)
-        return bool(created), _text(existing)
+        created, existing, admitted = script(keys=keys, args=args)
+        return bool(created), _text(existing), bool(admitted)
 
     def note_finished(self, tid: str, counter: str, fields: Mapping[str, Any]) -> int | None:
         """Write fields on a finished record and count the event; None if it is not finished."""
