@@ -126,6 +126,9 @@ class Settings(BaseSettings):
     # a wave's requests leave before any of its answers is read, so against a limit nobody
     # states, the first 429 finds the rest of its wave already sent.
     train_parallel: Annotated[int, Field(ge=1, le=64)] = 1
+    # Most poll messages ready in the broker (and not yet started) across the fleet: each is
+    # about POLLER_TRAIN_SECONDS of one thread's work; the rest of the due work waits in Redis.
+    backlog_max: Annotated[int, Field(ge=1)] = 64
     breaker_window: PositiveSeconds = 30.0
     breaker_min_calls: Annotated[int, Field(ge=1)] = 10
     breaker_ratio: Annotated[float, Field(gt=0, le=1)] = 0.5

@@ -7,6 +7,7 @@ so the same code runs under a real worker and in unit tests with a fake broker a
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 import uuid
@@ -180,6 +181,7 @@ class Engine:
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._calm: dict[str, bool] = {}  # per account: did its last train end calm?
+        self._lag_view: tuple[float, dict[str, float]] = (float("-inf"), {})
         self.backoff = policy.Backoff(
             settings.backoff_initial,
             settings.backoff_factor,
@@ -206,10 +208,14 @@ class Engine:
             "token": token,
         }
         store_track = self.store.track_as if tracking_id else self.store.track
-        created, tid = store_track(
-            tracking_id or uuid.uuid4().hex[:20], record, rescue_at=now + self.settings.rescue_grace
+        created, tid, admitted = store_track(
+            tracking_id or uuid.uuid4().hex[:20],
+            record,
+            rescue_at=now + self.settings.rescue_grace,
+            cap=self.settings.backlog_max,
+            grace=self.settings.rescue_grace,
         )
-        if created:
+        if created and admitted:  # else parked by the backlog bound, for the fair sweep
             self.send_poll([(tid, token)], 0.0)
         return tid
 
@@ -244,7 +250,26 @@ class Engine:
         view = public_view(tid, fields)
         if self.guard is not None and view["state"] in policy.ACTIVE_STATES:
             view["account_held_until"], view["account_pace"] = self._account_gate(fields["account"])
+        if view["state"] in policy.ACTIVE_STATES:
+            view["account_lag"] = self._lags().get(fields["account"])
         return view
+
+    def _lags(self) -> dict[str, float]:
+        """Each account's lag as the last sweep saw it, read at most once a second."""
+        now = clock.now()
+        if self._lag_view[0] <= now:
+            self._lag_view = (now + 1.0, self.store.account_lags())
+        return self._lag_view[1]
+
+    def backlog_view(self) -> dict[str, Any]:
+        """The fleet's backlog for operators: poll messages in the broker (ready now, and all
+        of them, countdowns included) against POLLER_BACKLOG_MAX, due polls still parked in
+        Redis, and how late each account's most overdue poll is (`lag`, seconds)."""
+        return {
+            **self.store.backlog(clock.now()),
+            "bound": self.settings.backlog_max,
+            "lag": self.store.account_lags(),
+        }
 
     def _account_gate(self, account: str) -> tuple[float | None, float | None]:
         """An account's hold and pace for views, read at most once a second per account (a
@@ -326,8 +351,8 @@ class Engine:
         if unasked:  # out of time: fan the rest out, in trains sized by what was measured
             self.store.release(unasked, rescue_at=clock.now() + self.settings.rescue_grace)
             pairs = [(c.tracking_id, c.fields["token"]) for c in unasked]
-            for train in _chunks(pairs, self._train_size(account, provider)):
-                self.send_poll(train, 0.0)
+            trains = _chunks(pairs, self._train_size(account, provider))
+            self._hand_off(account, [(train, 0.0) for train in trains])
         return states
 
     def _train_size(self, account: str, provider: Provider) -> int:
@@ -658,12 +683,34 @@ class Engine:
     def _send_trains(self, plans: list[_Plan]) -> None:
         """Follow-ups due within a second of each other leave as one message, at the earliest
         time of the group, or at the latest provider-stated time in it (never before that)."""
+        if not plans:
+            return
         delays = [max(0.0, p.delay or 0.0) for p in plans]
         groups = policy.group_trains(delays, spread=_TRAIN_SPREAD, most=self.settings.train_max)
+        messages = []
         for group in groups:
             pairs = [(plans[i].write.claim.tracking_id, plans[i].write.new_token) for i in group]
             strict = [delays[i] for i in group if plans[i].decision.not_before is not None]
-            self.send_poll(pairs, max([delays[group[0]], *strict]))
+            messages.append((pairs, max([delays[group[0]], *strict])))
+        self._hand_off(plans[0].write.claim.fields["account"], messages)
+
+    def _hand_off(self, account: str, messages: list[tuple[list[tuple[str, str]], float]]) -> None:
+        """Send one account's poll messages (pairs, countdown) the backlog bound admits, in one
+        round trip; the rest are parked in the schedule at their time, for the fair sweep."""
+        if not messages:
+            return
+        now, s = clock.now(), self.settings
+        due = [(pairs, now + countdown) for pairs, countdown in messages]
+        admitted = self.store.admit(account, due, now=now, cap=s.backlog_max, grace=s.rescue_grace)
+        for (pairs, countdown), ok in zip(messages, admitted, strict=True):
+            if ok:
+                self.send_poll(pairs, countdown)
+        if not all(admitted):
+            log.info(
+                "polls parked by the backlog bound account=%s messages=%d",
+                account,
+                admitted.count(False),
+            )
 
     # -- callbacks ---------------------------------------------------------------------------
 
@@ -714,25 +761,51 @@ class Engine:
     # -- the sweep ---------------------------------------------------------------------------
 
     def sweep(self) -> SweepReport:
-        """Send due and lost polls, expire overdue exports, drain the outbox: work ~ due items."""
+        """Send due and lost polls, fairly across accounts and within the backlog bound;
+        expire overdue exports; drain the outbox: work ~ due items."""
         report = SweepReport()
         now, s = clock.now(), self.settings
+        self._sweep_fair(now, report)
         for _ in range(_SWEEP_ROUNDS):
-            send, expired = self.store.due(now, now + s.rescue_grace, s.sweep_batch, s.rescue_grace)
+            expired = self.store.due(now, now + s.rescue_grace, s.sweep_batch, s.rescue_grace)
             for tid in expired:
                 report.expired += int(self._expire(tid, now))
-            by_account: dict[str, list[tuple[str, str]]] = {}
-            for tid, token, account in send:
-                by_account.setdefault(account, []).append((tid, token))
-            for pairs in by_account.values():
-                for train in _chunks(pairs, s.train_max):
-                    self.send_poll(train, 0.0)
-            report.enqueued += len(send)
-            if len(send) + len(expired) < s.sweep_batch:
+            if len(expired) < s.sweep_batch:
                 break
         for tid in self.store.outbox_due(now, s.sweep_batch):
             report.callbacks += int(self._safe_dispatch(tid))
         return report
+
+    def _sweep_fair(self, now: float, report: SweepReport) -> None:
+        """Fill the broker's free room (POLLER_BACKLOG_MAX less the ready messages) with due
+        polls, each account getting its max-min fair share and served in turn."""
+        s = self.settings
+        ready, accounts = self.store.share_state(now, s.rescue_grace)
+        sizes = {a: self._sweep_train(a) for a in accounts}
+        demand = {a: math.ceil(due / sizes[a]) for a, (due, _) in accounts.items()}
+        room = min(s.backlog_max - ready, s.sweep_batch)
+        shares = policy.fair_shares(room, demand, {a: r for a, (_, r) in accounts.items()})
+        if not shares:
+            return
+        wants = [(a, n * sizes[a], sizes[a]) for a, n in shares.items()]
+        taken, expired = self.store.take_due(now, now + s.rescue_grace, s.rescue_grace, wants)
+        for tid in expired:
+            report.expired += int(self._expire(tid, now))
+        by_account: dict[str, list[tuple[str, str]]] = {}
+        for account, tid, token in taken:
+            by_account.setdefault(account, []).append((tid, token))
+        trains = [list(_chunks(p, sizes[a])) for a, p in by_account.items()]
+        for train in policy.interleave(trains):
+            self.send_poll(train, 0.0)
+        report.enqueued += len(taken)
+
+    def _sweep_train(self, account: str) -> int:
+        """Exports per sweep message: the train this worker measured for the account (one
+        request unmeasured: the poll takes the account's other due exports along anyway)."""
+        try:
+            return self._train_size(account, self.providers.get(account))
+        except errors.ConfigurationError:
+            return 1
 
     def _expire(self, tid: str, now: float) -> bool:
         error = {"kind": "deadline", "message": "no terminal answer before the deadline"}
