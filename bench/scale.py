@@ -82,13 +82,19 @@ def engine_for(r: redis.Redis) -> Engine:
     return Engine(settings(), Store(r, "ep"), lambda *a: None, lambda *a: None)
 
 
-def track_many(engine: Engine, count: int, start: int = 0, threads: int = 4) -> list[str]:
-    """Track `count` exports round-robin over the five providers, from several threads."""
+def track_many(
+    engine: Engine,
+    count: int,
+    start: int = 0,
+    threads: int = 4,
+    providers: tuple[str, ...] = PROVIDERS,
+) -> list[str]:
+    """Track `count` exports round-robin over the providers, from several threads."""
     out: list[list[str]] = [[] for _ in range(threads)]
 
     def work(slot: int) -> None:
         for i in range(start + slot, start + count, threads):
-            provider = PROVIDERS[i % len(PROVIDERS)]
+            provider = providers[i % len(providers)]
             export_id = str(i) if provider == "cometly" else f"exp{i:029d}"
             fields = {
                 "provider": provider,
@@ -122,12 +128,14 @@ def make_running(engine: Engine, tids: list[str]) -> None:
             engine._settle([claim], {tid: status})
 
 
-def bytes_per_export(r: redis.Redis, count: int, running: int) -> dict[str, Any]:
+def bytes_per_export(
+    r: redis.Redis, count: int, running: int, providers: tuple[str, ...] = PROVIDERS
+) -> dict[str, Any]:
     r.flushall()
     engine = engine_for(r)
     base = int(r.info("memory")["used_memory"])
     started = time.monotonic()
-    tids = track_many(engine, count)
+    tids = track_many(engine, count, providers=providers)
     took = time.monotonic() - started
     make_running(engine, tids[:running])
     used = int(r.info("memory")["used_memory"]) - base
@@ -137,6 +145,7 @@ def bytes_per_export(r: redis.Redis, count: int, running: int) -> dict[str, Any]
         "track_seconds": round(took, 1),
         "tracks_per_second": round(count / took),
         "running_sampled": running,
+        "providers": list(providers),
     }
 
 
@@ -151,9 +160,17 @@ def part_redis(million: bool) -> dict[str, Any]:
                 flush=True,
             )
             results.append(result)
+        # Issue 14: one provider whose every running record carries its documented message.
+        result = bytes_per_export(r, 50_000, running=50_000, providers=("cometly",))
+        print(
+            f"  {50_000:>9,} tracked, all Cometly, each with the documented "
+            f"{len(MESSAGE)}-character message: {result['bytes_per_export']} B/export",
+            flush=True,
+        )
+        results.append(result)
     # At 1,000 the fixed costs (metrics hash, script cache, table sizing) are not amortized;
     # the goal is about a fleet, so it is judged from 100,000 up.
-    worst = max(r["bytes_per_export"] for r in results if r["tracked"] >= 100_000)
+    worst = max(r["bytes_per_export"] for r in results if r["tracked"] >= 50_000)
     return {"runs": results, "goal_bytes": 1024, "pass": worst <= 1024}
 
 

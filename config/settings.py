@@ -121,6 +121,14 @@ class Settings(BaseSettings):
     callback_attempts: Annotated[int, Field(ge=1)] = 5
     train_max: Annotated[int, Field(ge=1)] = 50
     train_seconds: PositiveSeconds = 1.0
+    # Requests of one train in flight together: a train no longer waits on the sum of its
+    # latencies, so a train of a slow provider is as long as one of a fast one. 1 by default:
+    # a wave's requests leave before any of its answers is read, so against a limit nobody
+    # states, the first 429 finds the rest of its wave already sent.
+    train_parallel: Annotated[int, Field(ge=1, le=64)] = 1
+    # Most poll messages ready in the broker (and not yet started) across the fleet: each is
+    # about POLLER_TRAIN_SECONDS of one thread's work; the rest of the due work waits in Redis.
+    backlog_max: Annotated[int, Field(ge=1)] = 64
     breaker_window: PositiveSeconds = 30.0
     breaker_min_calls: Annotated[int, Field(ge=1)] = 10
     breaker_ratio: Annotated[float, Field(gt=0, le=1)] = 0.5

@@ -140,6 +140,10 @@ class _WatchedHTTPSPool(HTTPSConnectionPool):
     ConnectionCls = _WatchedHTTPSConnection
 
 
+# Kept connections per account and process: at least a worker's threads, or each request past it
+# opens (and closes) a connection of its own. An unused slot costs nothing.
+POOL_SIZE = 256
+
 _POOLS = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
 
 
@@ -160,7 +164,7 @@ class WatchedAdapter(HTTPAdapter):
         manager.pool_classes_by_scheme = _POOLS
 
 
-def session_for(base_url: str, pool_size: int = 32) -> requests.Session:
+def session_for(base_url: str, pool_size: int = POOL_SIZE) -> requests.Session:
     """A pooled session that reads proxy and CA settings from the environment once, here:
     requests would otherwise walk the whole environment again on every request."""
     session = requests.Session()

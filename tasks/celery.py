@@ -1,4 +1,4 @@
-"""The Celery app: JSON only, late acks, events on, and the sweep on beat.
+"""The Celery app: JSON only, late acks, and the sweep on beat.
 
 Settings are read here, at import, so a worker or beat with a bad setting fails at start-up with
 a message that names it, before it takes any work. What the broker needs (RabbitMQ: durable or
@@ -76,8 +76,11 @@ app.conf.update(
     task_ignore_result=True,
     task_default_queue=settings.queue,
     worker_prefetch_multiplier=8,
-    worker_send_task_events=True,
-    task_send_sent_event=True,
+    # Task events cost a publish per task state (~15% of a worker's CPU at 200 ms answers, by
+    # profile: bench/latency.py --profile); Flower turns them on in the workers it watches
+    # (`enable_events`, Flower's default), so they are paid only while someone looks.
+    worker_send_task_events=False,
+    task_send_sent_event=False,
     worker_hijack_root_logger=False,
     broker_connection_retry_on_startup=True,
     timezone="UTC",

@@ -211,9 +211,14 @@ def status(tracking_id: str, as_json: bool) -> None:
     from export_poller.api import get_export
     from export_poller.table import describe
 
-    record = get_export(_resolve(tracking_id))
-    if record is None:
+    found = get_export(_resolve(tracking_id))
+    if found is None:
         raise ConfigurationError(f"unknown tracking id {tracking_id!r}")
+    record = found
+    if "account_lag" in record:  # active: is the fleet keeping up?
+        from export_poller.runtime import get_engine
+
+        record = {**record, "fleet_backlog": get_engine().backlog_view()}
     _emit(record, as_json, lambda: describe(record))
 
 
@@ -274,7 +279,20 @@ def list_(
         records = [r for r in records if (r.get("created_at") or now) <= now - older_than]
     if stuck:
         records = _stuck(records, now, periods)
-    _emit(records, as_json, lambda: _render_list(records, stuck, render))
+    _emit(records, as_json, lambda: _render_list(records, stuck, render) + _backlog_line())
+
+
+def _backlog_line() -> str:
+    """Under the table: the fleet's backlog and each account's lag, to see overload coming."""
+    from export_poller.runtime import get_engine
+
+    view = get_engine().backlog_view()
+    lags = ", ".join(f"{a} {v:.1f}s" for a, v in sorted(view["lag"].items())) or "-"
+    return (
+        f"\nbacklog: {view['ready']} poll messages ready in the broker (bound {view['bound']}), "
+        f"{view['in_broker']} in it with countdowns; {view['due_in_redis']} due polls waiting "
+        f"in Redis; lag: {lags}"
+    )
 
 
 def _stuck(records: list[dict[str, Any]], now: float, periods: float) -> list[dict[str, Any]]:

@@ -7,12 +7,15 @@ so the same code runs under a real worker and in unit tests with a fake broker a
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 from kombu.exceptions import OperationalError as KombuOperationalError
@@ -43,8 +46,13 @@ _TRAIN_SPREAD = 1.0  # seconds between the first and last planned poll of one me
 _LOGGED_DROPS = 5  # per message: the log stays bounded whatever a message names
 _MOST_PER_MESSAGE = 1000  # above any train we send (50 by default, a CGC request holds 100)
 _GATE_REFRESH = 0.25  # seconds a train trusts its last read of the account's hold and breaker
+# Threads that send the second and later requests of a wave, shared by every train of the
+# process and started only as needed: at most (a worker's threads) x (POLLER_TRAIN_PARALLEL - 1)
+# are ever busy at once.
+_REQUEST_THREADS = 256
 SendPoll = Callable[[Sequence[tuple[str, str]], float], None]  # (tid, token) pairs, countdown
 SendCallback = Callable[[dict[str, Any], dict[str, Any]], None]
+_Asked = tuple[dict[str, Outcome], errors.ProviderError | None, Budget | None]
 
 
 class ProviderPool:
@@ -115,6 +123,8 @@ class _Run:
     pace: float | None = None
     limited: bool = False
     groups: list[_Bisect] = field(default_factory=list)
+    calm: bool = False  # the last wave was answered in full, far from any stated budget
+    slowed: bool = False  # this wave's 429s already slowed the account's pace (once a wave)
 
 
 def _split(
@@ -168,6 +178,10 @@ class Engine:
         self.rand = rand
         self.request_seconds = RequestTimes()
         self._gate_views: dict[str, tuple[float, float | None, float | None]] = {}
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._calm: dict[str, bool] = {}  # per account: did its last train end calm?
+        self._lag_view: tuple[float, dict[str, float]] = (float("-inf"), {})
         self.backoff = policy.Backoff(
             settings.backoff_initial,
             settings.backoff_factor,
@@ -194,10 +208,14 @@ class Engine:
             "token": token,
         }
         store_track = self.store.track_as if tracking_id else self.store.track
-        created, tid = store_track(
-            tracking_id or uuid.uuid4().hex[:20], record, rescue_at=now + self.settings.rescue_grace
+        created, tid, admitted = store_track(
+            tracking_id or uuid.uuid4().hex[:20],
+            record,
+            rescue_at=now + self.settings.rescue_grace,
+            cap=self.settings.backlog_max,
+            grace=self.settings.rescue_grace,
         )
-        if created:
+        if created and admitted:  # else parked by the backlog bound, for the fair sweep
             self.send_poll([(tid, token)], 0.0)
         return tid
 
@@ -232,7 +250,26 @@ class Engine:
         view = public_view(tid, fields)
         if self.guard is not None and view["state"] in policy.ACTIVE_STATES:
             view["account_held_until"], view["account_pace"] = self._account_gate(fields["account"])
+        if view["state"] in policy.ACTIVE_STATES:
+            view["account_lag"] = self._lags().get(fields["account"])
         return view
+
+    def _lags(self) -> dict[str, float]:
+        """Each account's lag as the last sweep saw it, read at most once a second."""
+        now = clock.now()
+        if self._lag_view[0] <= now:
+            self._lag_view = (now + 1.0, self.store.account_lags())
+        return self._lag_view[1]
+
+    def backlog_view(self) -> dict[str, Any]:
+        """The fleet's backlog for operators: poll messages in the broker (ready now, and all
+        of them, countdowns included) against POLLER_BACKLOG_MAX, due polls still parked in
+        Redis, and how late each account's most overdue poll is (`lag`, seconds)."""
+        return {
+            **self.store.backlog(clock.now()),
+            "bound": self.settings.backlog_max,
+            "lag": self.store.account_lags(),
+        }
 
     def _account_gate(self, account: str) -> tuple[float | None, float | None]:
         """An account's hold and pace for views, read at most once a second per account (a
@@ -314,14 +351,14 @@ class Engine:
         if unasked:  # out of time: fan the rest out, in trains sized by what was measured
             self.store.release(unasked, rescue_at=clock.now() + self.settings.rescue_grace)
             pairs = [(c.tracking_id, c.fields["token"]) for c in unasked]
-            for train in _chunks(pairs, self._train_size(account, provider)):
-                self.send_poll(train, 0.0)
+            trains = _chunks(pairs, self._train_size(account, provider))
+            self._hand_off(account, [(train, 0.0) for train in trains])
         return states
 
     def _train_size(self, account: str, provider: Provider) -> int:
         return policy.train_size(
             self.request_seconds.get(account),
-            budget=self.settings.train_seconds,
+            budget=self.settings.train_seconds * self.settings.train_parallel,
             most=self.settings.train_max,
             batch_size=provider.batch_size,
         )
@@ -329,8 +366,11 @@ class Engine:
     def _ask_train(
         self, provider: Provider, account: str, claims: list[Claim]
     ) -> dict[str, Outcome]:
-        """Requests of `batch_size` one after another, until the train's time is up; once the
-        account is held back (hold, pace, open breaker) the rest of the train waits with it.
+        """Requests of `batch_size`, up to POLLER_TRAIN_PARALLEL of them in flight together (a
+        wave), until the train's time is up; once the account is held back (hold, pace, open
+        breaker) the rest of the train waits with it. Every request passes the account's gate
+        before it leaves; answers are read in order, so a 429 or a timeout in one wave stops the
+        next one.
 
         A bulk request that fails as a whole in a way one id could cause is bisected: its
         halves are asked at once (they are not cut short by the train's time), so a poison id
@@ -338,35 +378,108 @@ class Engine:
         """
         started = clock.now()
         outcomes: dict[str, Outcome] = {}
-        run = _Run()
+        run = _Run(calm=self._calm.get(account, False))  # as this process's last train ended
         queue: deque[tuple[list[Claim], _Bisect | None]] = deque(
             (chunk, None) for chunk in _chunks(claims, provider.batch_size)
         )
         while queue:
-            chunk, group = queue.popleft()
-            if group is None and outcomes and clock.now() - started > self.settings.train_seconds:
+            wave, wait = self._wave(account, run, queue, started, bool(outcomes))
+            splits: list[tuple[list[Claim], _Bisect]] = []
+            cut, run.calm, run.slowed = False, True, False
+            answers = self._send_wave(provider, account, wave)
+            for (chunk, group), asked in zip(wave, answers, strict=True):
+                cut = self._take(account, run, chunk, group, asked, outcomes, splits) or cut
+            queue.extendleft(reversed(splits))
+            if cut:
+                outcomes |= self._hold_rest(account, claims, outcomes)
                 break
-            wait = self._gate(account, run)
             if wait is not None:
                 rest = [c.tracking_id for c in claims if c.tracking_id not in outcomes]
                 outcomes |= dict.fromkeys(rest, self._held(account, wait))
                 break
-            answers, whole = self._ask(provider, account, chunk)
-            run.calls += 1
-            budget = provider.last_budget()
-            if not isinstance(whole, errors.RateLimited):  # a 429 holds the account itself
-                self._follow_budget(account, run, budget)
-            split = _split(chunk, whole, group, run)
-            if split:
-                queue.extendleft(reversed(split))
-                continue
-            outcomes |= answers
-            self._after_request(account, run, answers, group, whole, stated=budget is not None)
-            if any(isinstance(o, errors.TransportError) for o in answers.values()):
-                outcomes |= self._hold_rest(account, claims, outcomes)
+            if not wave:
                 break
+        self._calm[account] = run.calm and not run.limited and run.pace is None
         self._close_run(account, run, outcomes)
         return outcomes
+
+    def _wave(
+        self,
+        account: str,
+        run: _Run,
+        queue: deque[tuple[list[Claim], _Bisect | None]],
+        started: float,
+        answered: bool,
+    ) -> tuple[list[tuple[list[Claim], _Bisect | None]], float | None]:
+        """The requests to send together next, each admitted by the gate; and the wait, if the
+        gate held the account back. Empty with no wait: the train's time is up.
+
+        A wave is one request wide until an answer came back calm (the first request of an
+        account in this process, and after any failure, 429 or budget running low; a train
+        starts as the account's last one ended), and while the account is paced or was held
+        lately: there a train asks one request after another, as before."""
+        wave: list[tuple[list[Claim], _Bisect | None]] = []
+        wide = run.calm and not run.limited and run.pace is None
+        width = self.settings.train_parallel if wide else 1
+        while queue and len(wave) < width:
+            chunk, group = queue[0]
+            late = clock.now() - started > self.settings.train_seconds
+            suspect = _timed_out_before(chunk)
+            if (group is None and (answered or wave) and late) or (suspect and wave):
+                break
+            wait = self._gate(account, run)
+            if wait is not None:
+                return wave, wait
+            wave.append(queue.popleft())
+            if suspect:  # asked alone: no answer waits on one that may trickle again
+                break
+        return wave, None
+
+    def _send_wave(
+        self, provider: Provider, account: str, wave: list[tuple[list[Claim], _Bisect | None]]
+    ) -> list[_Asked]:
+        """Send a wave's requests together: the first from this thread, the others from the
+        process's request threads."""
+        if not wave:
+            return []
+        ask = partial(self._ask_one, provider, account)
+        others = [self._helpers().submit(ask, chunk) for chunk, _ in wave[1:]]
+        return [ask(wave[0][0]), *(future.result() for future in others)]
+
+    def _helpers(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(_REQUEST_THREADS, thread_name_prefix="request")
+            return self._pool
+
+    def _ask_one(self, provider: Provider, account: str, chunk: list[Claim]) -> _Asked:
+        """One request and the budget its answer stated (kept per thread by the adapter)."""
+        answers, whole = self._ask(provider, account, chunk)
+        return answers, whole, provider.last_budget()
+
+    def _take(
+        self,
+        account: str,
+        run: _Run,
+        chunk: list[Claim],
+        group: _Bisect | None,
+        asked: _Asked,
+        outcomes: dict[str, Outcome],
+        splits: list[tuple[list[Claim], _Bisect]],
+    ) -> bool:
+        """Read one answer of a wave; True if it timed out or failed to connect."""
+        answers, whole, budget = asked
+        run.calls += 1
+        run.calm = run.calm and _calm(answers, whole, budget, self.settings.train_parallel)
+        if not isinstance(whole, errors.RateLimited):  # a 429 holds the account itself
+            self._follow_budget(account, run, budget)
+        split = _split(chunk, whole, group, run)
+        if split:
+            splits.extend(split)
+            return False
+        outcomes |= answers
+        self._after_request(account, run, answers, group, whole, stated=budget is not None)
+        return any(isinstance(o, errors.TransportError) for o in answers.values())
 
     def _gate(self, account: str, run: _Run) -> float | None:
         """Seconds the account must wait before the next request, or None to go.
@@ -456,7 +569,8 @@ class Engine:
         if not waits:
             return
         self._hold(account, run, clock.now() + max(waits), "429")
-        if not stated and self.guard:
+        if not stated and self.guard and not run.slowed:
+            run.slowed = True
             run.pace = self.guard.slow_down(account, clock.now())
             log.warning("account paced account=%s rate=%.2f/s", account, run.pace)
 
@@ -569,12 +683,34 @@ class Engine:
     def _send_trains(self, plans: list[_Plan]) -> None:
         """Follow-ups due within a second of each other leave as one message, at the earliest
         time of the group, or at the latest provider-stated time in it (never before that)."""
+        if not plans:
+            return
         delays = [max(0.0, p.delay or 0.0) for p in plans]
         groups = policy.group_trains(delays, spread=_TRAIN_SPREAD, most=self.settings.train_max)
+        messages = []
         for group in groups:
             pairs = [(plans[i].write.claim.tracking_id, plans[i].write.new_token) for i in group]
             strict = [delays[i] for i in group if plans[i].decision.not_before is not None]
-            self.send_poll(pairs, max([delays[group[0]], *strict]))
+            messages.append((pairs, max([delays[group[0]], *strict])))
+        self._hand_off(plans[0].write.claim.fields["account"], messages)
+
+    def _hand_off(self, account: str, messages: list[tuple[list[tuple[str, str]], float]]) -> None:
+        """Send one account's poll messages (pairs, countdown) the backlog bound admits, in one
+        round trip; the rest are parked in the schedule at their time, for the fair sweep."""
+        if not messages:
+            return
+        now, s = clock.now(), self.settings
+        due = [(pairs, now + countdown) for pairs, countdown in messages]
+        admitted = self.store.admit(account, due, now=now, cap=s.backlog_max, grace=s.rescue_grace)
+        for (pairs, countdown), ok in zip(messages, admitted, strict=True):
+            if ok:
+                self.send_poll(pairs, countdown)
+        if not all(admitted):
+            log.info(
+                "polls parked by the backlog bound account=%s messages=%d",
+                account,
+                admitted.count(False),
+            )
 
     # -- callbacks ---------------------------------------------------------------------------
 
@@ -625,25 +761,51 @@ class Engine:
     # -- the sweep ---------------------------------------------------------------------------
 
     def sweep(self) -> SweepReport:
-        """Send due and lost polls, expire overdue exports, drain the outbox: work ~ due items."""
+        """Send due and lost polls, fairly across accounts and within the backlog bound;
+        expire overdue exports; drain the outbox: work ~ due items."""
         report = SweepReport()
         now, s = clock.now(), self.settings
+        self._sweep_fair(now, report)
         for _ in range(_SWEEP_ROUNDS):
-            send, expired = self.store.due(now, now + s.rescue_grace, s.sweep_batch, s.rescue_grace)
+            expired = self.store.due(now, now + s.rescue_grace, s.sweep_batch, s.rescue_grace)
             for tid in expired:
                 report.expired += int(self._expire(tid, now))
-            by_account: dict[str, list[tuple[str, str]]] = {}
-            for tid, token, account in send:
-                by_account.setdefault(account, []).append((tid, token))
-            for pairs in by_account.values():
-                for train in _chunks(pairs, s.train_max):
-                    self.send_poll(train, 0.0)
-            report.enqueued += len(send)
-            if len(send) + len(expired) < s.sweep_batch:
+            if len(expired) < s.sweep_batch:
                 break
         for tid in self.store.outbox_due(now, s.sweep_batch):
             report.callbacks += int(self._safe_dispatch(tid))
         return report
+
+    def _sweep_fair(self, now: float, report: SweepReport) -> None:
+        """Fill the broker's free room (POLLER_BACKLOG_MAX less the ready messages) with due
+        polls, each account getting its max-min fair share and served in turn."""
+        s = self.settings
+        ready, accounts = self.store.share_state(now, s.rescue_grace)
+        sizes = {a: self._sweep_train(a) for a in accounts}
+        demand = {a: math.ceil(due / sizes[a]) for a, (due, _) in accounts.items()}
+        room = min(s.backlog_max - ready, s.sweep_batch)
+        shares = policy.fair_shares(room, demand, {a: r for a, (_, r) in accounts.items()})
+        if not shares:
+            return
+        wants = [(a, n * sizes[a], sizes[a]) for a, n in shares.items()]
+        taken, expired = self.store.take_due(now, now + s.rescue_grace, s.rescue_grace, wants)
+        for tid in expired:
+            report.expired += int(self._expire(tid, now))
+        by_account: dict[str, list[tuple[str, str]]] = {}
+        for account, tid, token in taken:
+            by_account.setdefault(account, []).append((tid, token))
+        trains = [list(_chunks(p, sizes[a])) for a, p in by_account.items()]
+        for train in policy.interleave(trains):
+            self.send_poll(train, 0.0)
+        report.enqueued += len(taken)
+
+    def _sweep_train(self, account: str) -> int:
+        """Exports per sweep message: the train this worker measured for the account (one
+        request unmeasured: the poll takes the account's other due exports along anyway)."""
+        try:
+            return self._train_size(account, self.providers.get(account))
+        except errors.ConfigurationError:
+            return 1
 
     def _expire(self, tid: str, now: float) -> bool:
         error = {"kind": "deadline", "message": "no terminal answer before the deadline"}
@@ -679,6 +841,23 @@ def _fields_for(decision: policy.Decision, ctx: policy.PollContext, now: float) 
     return fields
 
 
+def _timed_out_before(chunk: list[Claim]) -> bool:
+    return any(c.fields.get("error_kind") == errors.TransportError.kind for c in chunk)
+
+
+def _calm(
+    answers: dict[str, Outcome],
+    whole: errors.ProviderError | None,
+    budget: Budget | None,
+    wave: int,
+) -> bool:
+    """An answer after which a train may send a whole wave: no error of the request, no
+    failure or 429 of an export, and a stated budget (if any) with room for a few waves."""
+    if whole is not None or (budget is not None and budget.remaining < 4 * wave):
+        return False
+    return not any(isinstance(o, errors.ProviderError) for o in answers.values())
+
+
 def _bare(exc: errors.ProviderError) -> errors.ProviderError:
     """The error without its traceback and chain: kept per export until the commit, those would
     hold the request's frames and body buffer in a cycle only the cyclic GC frees."""
@@ -703,10 +882,15 @@ _LOUD = {
 
 
 def _log_poll(plan: _Plan) -> None:
-    """One line per poll; an account problem an operator must fix is logged loudly."""
+    """One line per poll that says something new (a change of state, an error); an account
+    problem an operator must fix is logged loudly. A poll that finds an export as it was is
+    logged at DEBUG: at INFO, a line per routine poll cost a worker 5% of its CPU."""
     rec, delay = plan.write.claim.fields, plan.delay
+    level = _LOUD.get(plan.write.outcome, logging.INFO)
+    if plan.write.outcome == plan.decision.state == rec.get("state"):
+        level = logging.DEBUG
     log.log(
-        _LOUD.get(plan.write.outcome, logging.INFO),
+        level,
         "poll tracking_id=%s provider=%s account=%s outcome=%s state=%s attempts=%s next_delay=%s",
         plan.write.claim.tracking_id,
         rec.get("provider"),

@@ -86,6 +86,7 @@ class PollerCollector(Collector):
             problems,
         )
         yield self._lag(grouped)
+        yield from self._overload(grouped)
         yield self._breakers()
         yield self._holds()
         yield self._paces()
@@ -114,6 +115,42 @@ class PollerCollector(Collector):
                 list(labels), count_value=int(count), sum_value=sums.get(labels, 0.0)
             )
         return summary
+
+    def _overload(self, grouped: dict[str, dict[tuple[str, ...], float]]) -> Iterator[Metric]:
+        """Is the fleet keeping up? Lag per account, and the backlog against its bound."""
+        yield _family(
+            GaugeMetricFamily,
+            "export_poller_account_lag_seconds",
+            "How late the account's most overdue poll was at the last sweep (0: on schedule)",
+            ["account"],
+            grouped.get("lag", {}),
+        )
+        yield _family(
+            CounterMetricFamily,
+            "export_poller_polls_parked",
+            "Poll messages kept in Redis by the backlog bound, for the fair sweep to send",
+            ["account"],
+            grouped.get("parked", {}),
+        )
+        view = self.engine.backlog_view()
+        gauge = GaugeMetricFamily(
+            "export_poller_backlog_messages",
+            "Poll messages in the broker: ready now, or all of them (countdowns included)",
+            labels=["kind"],
+        )
+        gauge.add_metric(["ready"], view["ready"])
+        gauge.add_metric(["in_broker"], view["in_broker"])
+        yield gauge
+        yield GaugeMetricFamily(
+            "export_poller_backlog_bound",
+            "POLLER_BACKLOG_MAX: ready poll messages the fleet keeps in the broker at most",
+            value=view["bound"],
+        )
+        yield GaugeMetricFamily(
+            "export_poller_due_in_redis",
+            "Polls due now that wait in Redis (parked, or lost and not yet rescued)",
+            value=view["due_in_redis"],
+        )
 
     def _breakers(self) -> Metric:
         gauge = GaugeMetricFamily(

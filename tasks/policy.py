@@ -6,9 +6,11 @@ rules that decide when a user's callback fires are tested on their own.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -351,3 +353,48 @@ def sent_rate(calls: int, since: float, now: float) -> float:
 def pace_tolerance(rate: float) -> float:
     """Seconds of burst a pace allows: about one second's worth of requests, at least one."""
     return max(1.0 / rate, 1.0)
+
+
+def admits(ready: int, mine: int, *, cap: int, busy: int) -> bool:
+    """Whether one more poll message of an account may go to the broker, given the fleet's
+    `ready` messages and the account's own (`mine`) at its due time: below the fleet's `cap`
+    and below an equal share of it among the `busy` accounts (messages in flight or polls
+    waiting); and always when the account has none, so a small account's poll never waits
+    for a sweep behind a big one's backlog (the bound is `cap` plus one per account). The
+    store's admission script applies this rule in Redis."""
+    share = max(1, cap // max(1, busy))
+    return mine == 0 or (ready < cap and mine < share)
+
+
+def fair_shares(
+    room: int,
+    demand: Mapping[str, int],
+    ready: Mapping[str, int],
+    weights: Mapping[str, float] | None = None,
+) -> dict[str, int]:
+    """Split `room` new poll messages among accounts, max-min fair: each goes to the account
+    with the fewest messages ready in the broker (per weight) that still wants one. A small
+    account is served in full at once; a big one takes what is left, so no account's polls
+    wait behind another's backlog. Accounts given nothing are left out."""
+    weight = weights or {}
+    given = dict.fromkeys(demand, 0)
+    heap = [(ready.get(a, 0) / weight.get(a, 1.0), a) for a, n in demand.items() if n > 0]
+    heapq.heapify(heap)
+    for _ in range(max(0, room)):
+        if not heap:
+            break
+        _, account = heapq.heappop(heap)
+        given[account] += 1
+        if given[account] < demand[account]:
+            load = (ready.get(account, 0) + given[account]) / weight.get(account, 1.0)
+            heapq.heappush(heap, (load, account))
+    return {a: n for a, n in given.items() if n}
+
+
+def interleave(queues: Sequence[Sequence[T]]) -> list[T]:
+    """Round-robin order of service: one message of each account in turn, so the first
+    message of a small account is not queued behind every message of a big one."""
+    out: list[T] = []
+    for row in itertools.zip_longest(*queues):
+        out.extend(item for item in row if item is not None)
+    return out

@@ -13,6 +13,11 @@ Keys (prefix `ep` by default):
     {p}:due:{acct}     zset    tid -> next poll time, per account: a poll task takes the
                                account's other due exports along in one run (a train)
     {p}:sig:{digest}   string  a callback signature, shared by every export that names it
+    {p}:accounts       set     every account with tracked exports: the fair sweep's round
+    {p}:flight         zset    "{acct}|{first tid}" -> when to stop counting it: poll messages
+                               handed to the broker and not yet started (the bounded backlog)
+    {p}:flight_n       hash    account -> its messages in {p}:flight
+    {p}:waiting        set     accounts with due polls turned away by the bound, for the sweep
     {p}:metrics        hash    counters and gauges for Prometheus, kept by the same scripts
 
 Every change of state is one Lua script, so two workers, two beats or a replayed message can
@@ -44,25 +49,40 @@ DIGEST_CHARS = 20
 # X-RateLimit-Reset, an account hold) is a hard floor for claims and for train take-along.
 _EARLY = 2.0
 
-_TRACK = """
-local existing = redis.call('HGET', KEYS[1], ARGV[2])
-if existing then
-  local state = redis.call('HGET', ARGV[5] .. existing, 'state')
-  if state == 'pending' or state == 'running' then return {0, existing} end
+
+# The broker backlog ledger: a poll message handed to the broker is counted (by its first
+# export) in {p}:flight ("acct|tid" -> due time), {p}:flight:{acct} (tid -> due time) and
+# {p}:flight_n (acct -> count) until a worker starts it, or `grace` after its due time (lost
+# with a worker: the sweep rescues its exports anyway).
+_FORGET_MESSAGE = """
+local function forget_message(P, acct, tid)
+  if redis.call('ZREM', P .. 'flight', acct .. '|' .. tid) == 1 then
+    redis.call('ZREM', P .. 'flight:' .. acct, tid)
+    if redis.call('HINCRBY', P .. 'flight_n', acct, -1) <= 0 then
+      redis.call('HDEL', P .. 'flight_n', acct)
+    end
+  end
 end
-redis.call('HSET', KEYS[1], ARGV[2], ARGV[1])
-redis.call('HSET', KEYS[2], unpack(ARGV, 6))
-redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
-redis.call('ZADD', KEYS[5], ARGV[4], ARGV[1])
-local provider = redis.call('HGET', KEYS[2], 'provider')
-redis.call('HINCRBY', KEYS[4], 'active|' .. provider .. '|pending', 1)
-return {1, ARGV[1]}
+local function forget_lost(P, before)
+  for _, m in ipairs(redis.call('ZRANGEBYSCORE', P .. 'flight', '-inf', before, 'LIMIT', 0, 500)) do
+    local acct, tid = string.match(m, '^(.*)|([^|]*)$')
+    forget_message(P, acct, tid)
+  end
+end
+local function count_message(P, acct, tid, due)
+  if redis.call('ZADD', P .. 'flight', due, acct .. '|' .. tid) == 1 then
+    redis.call('HINCRBY', P .. 'flight_n', acct, 1)
+  end
+  redis.call('ZADD', P .. 'flight:' .. acct, due, tid)
+end
 """
 
 # A claimed export's entry in its account's due index moves to the end of its lease, so other
 # runs looking for due exports to take along skip it; commit and release put it back.
 # ARGV: now, lease_until, claim id, how early a poll may run, "{p}:", then tid/token pairs.
-_CLAIM = """
+_CLAIM = (
+    _FORGET_MESSAGE
+    + """
 local now, out = tonumber(ARGV[1]), {}
 for i = 6, #ARGV, 2 do
   local tid, key = ARGV[i], ARGV[5] .. 'x:' .. ARGV[i]
@@ -76,6 +96,9 @@ for i = 6, #ARGV, 2 do
   elseif v[6] and tonumber(v[6]) > now then why = 'wait:' .. v[6]
   elseif v[4] and tonumber(v[4]) > now + tonumber(ARGV[4]) then why = 'early'
   end
+  if i == 6 and v[5] then  -- the message has left the broker: no longer in its backlog
+    forget_message(ARGV[5], v[5], tid)
+  end
   if why then
     out[#out + 1] = why
   else
@@ -87,6 +110,7 @@ for i = 6, #ARGV, 2 do
 end
 return out
 """
+)
 
 # ARGV: claim id, rescue time, "{p}:", then the tids whose claims go back unused.
 _RELEASE = """
@@ -165,23 +189,21 @@ return 1
 
 _DUE = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
-local send, expired = {}, {}
+local expired = {}
 for _, tid in ipairs(due) do
   local v = redis.call('HMGET', ARGV[4] .. tid, 'token', 'deadline', 'account')
   if not v[1] or v[1] == '' then
     redis.call('ZREM', KEYS[1], tid)
   else
-    redis.call('ZADD', KEYS[1], ARGV[2], tid)
     if tonumber(v[2]) + tonumber(ARGV[5]) < tonumber(ARGV[1]) then
+      redis.call('ZADD', KEYS[1], ARGV[2], tid)
       expired[#expired + 1] = tid
-    else
-      send[#send + 1] = tid
-      send[#send + 1] = v[1]
-      send[#send + 1] = v[3]
+    else  -- sent by the fair sweep, from its account's due index
+      redis.call('SADD', KEYS[2], v[3])
     end
   end
 end
-return {send, expired}
+return expired
 """
 
 _CLAIM_DUE = """
@@ -211,18 +233,6 @@ end
 return out
 """
 
-# A caller-chosen id: a repeat with the same (account, export id) is the same tracking; an id
-# already used by another export is refused (""), never overwritten.
-_TRACK_AS = (
-    """
-local taken = redis.call('HGET', KEYS[2], 'idem')
-if taken then
-  if taken == ARGV[2] then return {0, ARGV[1]} end
-  return {0, ''}
-end
-"""
-    + _TRACK
-)
 
 # A finished export answered again (`refresh`) or its callback sent again (`redeliver`): only a
 # finished record changes, and the counter says how often.  ARGV: counter field, then pairs.
@@ -239,6 +249,174 @@ if not s or tonumber(s) > tonumber(ARGV[2]) then return false end
 redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
 return redis.call('HGETALL', KEYS[2])
 """
+
+# Hand polls to the broker only while it holds little ready work (policy.admits, applied here
+# in the round trip that hands a train over): at the message's due time, fewer than `cap`
+# messages of the fleet and fewer than the account's share (cap / accounts in flight or
+# waiting) ready, or none of the account's own. A message turned away is parked: its exports
+# go back to the schedule at its due time and the account waits for the fair sweep.
+# ARGV: now, cap, "{p}:", grace, account, then per message: due time, n, n (tid, token) pairs.
+_ADMIT_FN = (
+    _FORGET_MESSAGE
+    + """
+local function share_of(P, acct, cap)
+  local busy = redis.call('HLEN', P .. 'flight_n')
+  for _, w in ipairs(redis.call('SMEMBERS', P .. 'waiting')) do
+    if redis.call('HEXISTS', P .. 'flight_n', w) == 0 then busy = busy + 1 end
+  end
+  if redis.call('HEXISTS', P .. 'flight_n', acct) == 0
+      and redis.call('SISMEMBER', P .. 'waiting', acct) == 0 then
+    busy = busy + 1
+  end
+  return math.max(1, math.floor(cap / busy))
+end
+local function admit(P, acct, now, cap, share, due, first)
+  local by = math.max(now, due)
+  local total = redis.call('ZCOUNT', P .. 'flight', '-inf', by)
+  local mine = redis.call('ZCOUNT', P .. 'flight:' .. acct, '-inf', by)
+  if mine == 0 or (total < cap and mine < share) then
+    count_message(P, acct, first, due)
+    return true
+  end
+  redis.call('SADD', P .. 'waiting', acct)
+  redis.call('HINCRBY', P .. 'metrics', 'parked|' .. acct, 1)
+  return false
+end
+"""
+)
+
+# A new record, and the admission of its first poll in the same round trip (ARGV[6] is the
+# backlog bound, 0 for none; ARGV[7] the rescue grace): 1 to send it, 0 if it was parked.
+_TRACK = (
+    _ADMIT_FN
+    + """
+local existing = redis.call('HGET', KEYS[1], ARGV[2])
+if existing then
+  local state = redis.call('HGET', ARGV[5] .. existing, 'state')
+  if state == 'pending' or state == 'running' then return {0, existing, 0} end
+end
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[1])
+redis.call('HSET', KEYS[2], unpack(ARGV, 8))
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[5], ARGV[4], ARGV[1])
+local provider = redis.call('HGET', KEYS[2], 'provider')
+redis.call('HINCRBY', KEYS[4], 'active|' .. provider .. '|pending', 1)
+local account, cap = redis.call('HGET', KEYS[2], 'account'), tonumber(ARGV[6])
+redis.call('SADD', KEYS[6], account)
+if cap == 0 then return {1, ARGV[1], 1} end
+local P, now = string.sub(ARGV[5], 1, -3), tonumber(ARGV[4])
+forget_lost(P, now - tonumber(ARGV[7]))
+if admit(P, account, now, cap, share_of(P, account, cap), now, ARGV[1]) then
+  return {1, ARGV[1], 1}
+end
+redis.call('ZADD', KEYS[3], now, ARGV[1])  -- parked, due now: the fair sweep sends it
+return {1, ARGV[1], 0}
+"""
+)
+
+# A caller-chosen id: a repeat with the same (account, export id) is the same tracking; an id
+# already used by another export is refused (""), never overwritten.
+_TRACK_AS = (
+    """
+local taken = redis.call('HGET', KEYS[2], 'idem')
+if taken then
+  if taken == ARGV[2] then return {0, ARGV[1], 0} end
+  return {0, '', 0}
+end
+"""
+    + _TRACK
+)
+
+_ADMIT = (
+    _ADMIT_FN
+    + """
+local now, cap, P, acct = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[5]
+forget_lost(P, now - tonumber(ARGV[4]))
+local share = share_of(P, acct, cap)
+local out, i = {}, 6
+while i <= #ARGV do
+  local due, n = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
+  if admit(P, acct, now, cap, share, due, ARGV[i + 2]) then
+    out[#out + 1] = 1
+  else
+    for j = i + 2, i + 2 * n, 2 do
+      if redis.call('HGET', P .. 'x:' .. ARGV[j], 'token') == ARGV[j + 1] then
+        redis.call('ZADD', P .. 'sched', due, ARGV[j])
+      end
+    end
+    out[#out + 1] = 0
+  end
+  i = i + 2 + 2 * n
+end
+return out
+"""
+)
+
+# The fair sweep's view: ready messages of the fleet, and per account with tracked exports its
+# due polls, its ready messages, and how late its most overdue poll is (kept for metrics).
+# ARGV: now, "{p}:", grace.
+_SHARE_STATE = (
+    _FORGET_MESSAGE
+    + """
+local now, P = tonumber(ARGV[1]), ARGV[2]
+forget_lost(P, now - tonumber(ARGV[3]))
+local out = {redis.call('ZCOUNT', P .. 'flight', '-inf', now)}
+for _, acct in ipairs(redis.call('SMEMBERS', P .. 'accounts')) do
+  local due = P .. 'due:' .. acct
+  local head = redis.call('ZRANGE', due, 0, 0, 'WITHSCORES')
+  if #head == 0 then
+    redis.call('SREM', P .. 'accounts', acct)
+    redis.call('SREM', P .. 'waiting', acct)
+    redis.call('HDEL', P .. 'metrics', 'lag|' .. acct)
+  else
+    local lag = math.max(0, now - tonumber(head[2]))
+    redis.call('HSET', P .. 'metrics', 'lag|' .. acct, string.format('%.3f', lag))
+    local waiting = redis.call('ZCOUNT', due, '-inf', now)
+    if waiting == 0 then redis.call('SREM', P .. 'waiting', acct) end
+    out[#out + 1] = acct
+    out[#out + 1] = waiting
+    out[#out + 1] = redis.call('ZCOUNT', P .. 'flight:' .. acct, '-inf', now)
+  end
+end
+return out
+"""
+)
+
+# Take each account's share of due polls from its due index, earliest first, skipping exports
+# handed off or claimed (their schedule entry is in the future); counts each message.
+# ARGV: now, rescue time, "{p}:", grace, then per account: account, most exports, train size.
+_TAKE_DUE = (
+    _FORGET_MESSAGE
+    + """
+local now, rescue, P, grace = tonumber(ARGV[1]), ARGV[2], ARGV[3], tonumber(ARGV[4])
+local send, expired = {}, {}
+for i = 5, #ARGV, 3 do
+  local acct, want, size, got = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), 0
+  local index = P .. 'due:' .. acct
+  local scan = redis.call('ZRANGEBYSCORE', index, '-inf', now, 'LIMIT', 0, 2 * want + 200)
+  for _, tid in ipairs(scan) do
+    if got >= want then break end
+    local v = redis.call('HMGET', P .. 'x:' .. tid, 'token', 'deadline')
+    if not v[1] or v[1] == '' then
+      redis.call('ZREM', index, tid)
+    elseif tonumber(redis.call('ZSCORE', P .. 'sched', tid) or '0') <= now then
+      redis.call('ZADD', P .. 'sched', rescue, tid)
+      if tonumber(v[2]) + grace < now then
+        expired[#expired + 1] = tid
+      else
+        if got % size == 0 then count_message(P, acct, tid, now) end
+        got = got + 1
+        send[#send + 1] = acct
+        send[#send + 1] = tid
+        send[#send + 1] = v[1]
+      end
+    end
+  end
+  if got < want then redis.call('SREM', P .. 'waiting', acct) end
+end
+return {send, expired}
+"""
+)
 
 
 @dataclass(frozen=True)
@@ -312,6 +490,10 @@ class Store:
         self.deadletter = f"{prefix}:deadletter"
         self.metrics = f"{prefix}:metrics"
         self.idem = f"{prefix}:idem"
+        self.accounts = f"{prefix}:accounts"
+        self.flight = f"{prefix}:flight"
+        self.flight_n = f"{prefix}:flight_n"
+        self.waiting = f"{prefix}:waiting"
         self._sig_expiry: dict[str, float] = {}
         self._track = client.register_script(_TRACK)
         self._claim = client.register_script(_CLAIM)
@@ -323,6 +505,9 @@ class Store:
         self._claim_outbox = client.register_script(_CLAIM_OUTBOX)
         self._track_as = client.register_script(_TRACK_AS)
         self._note_finished = client.register_script(_NOTE_FINISHED)
+        self._admit = client.register_script(_ADMIT)
+        self._share_state = client.register_script(_SHARE_STATE)
+        self._take_due = client.register_script(_TAKE_DUE)
 
     def key(self, tid: str) -> str:
         return f"{self.prefix}:x:{tid}"
@@ -352,28 +537,51 @@ class Store:
 
     # -- state changes -----------------------------------------------------------------------
 
-    def track(self, tid: str, fields: Mapping[str, Any], *, rescue_at: float) -> tuple[bool, str]:
-        """Create a record unless this (account, export id) is already active: (created, tid)."""
-        account, export_id = str(fields["account"]), str(fields["export_id"])
-        digest = idem_digest(account, export_id)
-        args: list[Arg] = [tid, digest, rescue_at, _encode(fields["next_poll_at"])]
-        args += [f"{self.prefix}:x:", *_pairs({**fields, "idem": digest})]
-        keys = [self.idem, self.key(tid), self.sched, self.metrics, self.due_key(account)]
-        created, existing = self._track(keys=keys, args=args)
-        return bool(created), _text(existing)
+    def track(
+        self,
+        tid: str,
+        fields: Mapping[str, Any],
+        *,
+        rescue_at: float,
+        cap: int = 0,
+        grace: float = 0.0,
+    ) -> tuple[bool, str, bool]:
+        """Create a record unless this (account, export id) is already active: (created, tid,
+        whether its first poll may go to the broker now under the backlog bound `cap`; 0 for
+        none: else it is parked, due now, for the fair sweep)."""
+        return self._tracked(self._track, tid, fields, rescue_at, cap, grace)
 
     def track_as(
-        self, tid: str, fields: Mapping[str, Any], *, rescue_at: float
-    ) -> tuple[bool, str]:
-        """`track` under a caller-chosen id: (False, tid) for a repeat of the same export,
-        (False, other) if the export is active under another id, (False, "") if the id is taken."""
+        self,
+        tid: str,
+        fields: Mapping[str, Any],
+        *,
+        rescue_at: float,
+        cap: int = 0,
+        grace: float = 0.0,
+    ) -> tuple[bool, str, bool]:
+        """`track` under a caller-chosen id: (False, tid, _) for a repeat of the same export,
+        (False, other, _) if the export is active under another id, (False, "", _) if the id
+        is taken."""
+        return self._tracked(self._track_as, tid, fields, rescue_at, cap, grace)
+
+    def _tracked(
+        self,
+        script: Any,
+        tid: str,
+        fields: Mapping[str, Any],
+        rescue_at: float,
+        cap: int,
+        grace: float,
+    ) -> tuple[bool, str, bool]:
         account, export_id = str(fields["account"]), str(fields["export_id"])
         digest = idem_digest(account, export_id)
         args: list[Arg] = [tid, digest, rescue_at, _encode(fields["next_poll_at"])]
-        args += [f"{self.prefix}:x:", *_pairs({**fields, "idem": digest})]
+        args += [f"{self.prefix}:x:", cap, grace, *_pairs({**fields, "idem": digest})]
         keys = [self.idem, self.key(tid), self.sched, self.metrics, self.due_key(account)]
-        created, existing = self._track_as(keys=keys, args=args)
-        return bool(created), _text(existing)
+        keys.append(self.accounts)
+        created, existing, admitted = script(keys=keys, args=args)
+        return bool(created), _text(existing), bool(admitted)
 
     def note_finished(self, tid: str, counter: str, fields: Mapping[str, Any]) -> int | None:
         """Write fields on a finished record and count the event; None if it is not finished."""
@@ -436,17 +644,74 @@ class Store:
         keys = [self.key(tid), self.sched, self.outbox]
         return bool(self._finish(keys=keys, args=args))
 
-    def due(
-        self, now: float, rescue_at: float, limit: int, grace: float
-    ) -> tuple[list[tuple[str, str, str]], list[str]]:
-        """Polls due (or lost) now as (tid, token, account), and exports past their deadline;
-        both re-armed for rescue, so one sweep handles each once."""
+    def due(self, now: float, rescue_at: float, limit: int, grace: float) -> list[str]:
+        """Exports past their deadline, re-armed for rescue so one sweep expires each once.
+        Other due entries are left to the fair sweep (`take_due`); their accounts are noted
+        for it, so an export tracked before accounts were kept is found too."""
         args: list[Arg] = [now, rescue_at, limit, f"{self.prefix}:x:", grace]
-        send, expired = self._due(keys=[self.sched], args=args)
+        expired = self._due(keys=[self.sched, self.accounts], args=args)
+        return [_text(x) for x in expired]
+
+    # -- the bounded backlog and the fair sweep ------------------------------------------------
+
+    def admit(
+        self,
+        account: str,
+        messages: Sequence[tuple[Sequence[tuple[str, str]], float]],
+        *,
+        now: float,
+        cap: int,
+        grace: float,
+    ) -> list[bool]:
+        """For each (pairs, due time) message of one account: True to hand it to the broker
+        (it is counted until a worker starts it), False if it was parked in the schedule."""
+        if not messages:
+            return []
+        args: list[Arg] = [now, cap, f"{self.prefix}:", grace, account]
+        for pairs, due in messages:
+            args += [due, len(pairs)]
+            for tid, token in pairs:
+                args += [tid, token]
+        return [bool(x) for x in self._admit(keys=[self.flight], args=args)]
+
+    def share_state(self, now: float, grace: float) -> tuple[int, dict[str, tuple[int, int]]]:
+        """Ready messages of the fleet, and per account (due polls, ready messages)."""
+        flat = self._share_state(keys=[self.flight], args=[now, f"{self.prefix}:", grace])
+        rows = [_text(x) for x in flat[1:]]
+        accounts = {
+            acct: (int(due), int(ready))
+            for acct, due, ready in zip(rows[::3], rows[1::3], rows[2::3], strict=True)
+        }
+        return int(flat[0]), accounts
+
+    def take_due(
+        self, now: float, rescue_at: float, grace: float, wants: Sequence[tuple[str, int, int]]
+    ) -> tuple[list[tuple[str, str, str]], list[str]]:
+        """Up to `most` due polls of each (account, most, train size), earliest first, as
+        (account, tid, token) re-armed for rescue; and exports found past their deadline."""
+        args: list[Arg] = [now, rescue_at, f"{self.prefix}:", grace]
+        for account, most, size in wants:
+            args += [account, most, size]
+        send, expired = self._take_due(keys=[self.sched], args=args)
         flat = [_text(x) for x in send]
-        return list(zip(flat[::3], flat[1::3], flat[2::3], strict=True)), [
-            _text(x) for x in expired
-        ]
+        taken = list(zip(flat[::3], flat[1::3], flat[2::3], strict=True))
+        return taken, [_text(x) for x in expired]
+
+    def backlog(self, now: float) -> dict[str, Any]:
+        """For views: poll messages in the broker (ready now, all), per account, and due polls
+        parked in Redis; plus each account's lag as the last sweep saw it."""
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.zcount(self.flight, "-inf", now)
+            pipe.zcard(self.flight)
+            pipe.hgetall(self.flight_n)
+            pipe.zcount(self.sched, "-inf", now)
+            ready, total, per_account, due = pipe.execute()
+        return {
+            "ready": int(ready),
+            "in_broker": int(total),
+            "by_account": {_text(k): int(v) for k, v in per_account.items()},
+            "due_in_redis": int(due),
+        }
 
     def claim_due(
         self,
@@ -533,6 +798,10 @@ class Store:
             if len(found) >= limit:
                 break
         return sorted(found)
+
+    def account_lags(self) -> dict[str, float]:
+        """Seconds each account's most overdue poll was late at the last sweep."""
+        return {k[4:]: v for k, v in self.metric_fields().items() if k.startswith("lag|")}
 
     def metric_fields(self) -> dict[str, float]:
         raw = cast(dict[Any, Any], self.r.hgetall(self.metrics))

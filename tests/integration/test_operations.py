@@ -132,8 +132,10 @@ def test_flower_shows_polls_by_name_with_no_secret(
         fleet.workdir,
     )
     fleet.children.append(flower)
-    fleet.worker()
+    worker = fleet.worker()
     wait_until(lambda: _up(port), 60, "flower to answer")
+    # Workers send no task events of their own accord: Flower turns them on (every 5 s).
+    wait_until(lambda: "enabled by remote" in worker.output(), 30, "flower to turn on events")
     export_id = str(sim_client.create_job("biodatacatalyst", running_polls=2))
     tid = track_export("biodatacatalyst", export_id, timeout=60)
     wait_until(

@@ -117,6 +117,7 @@ def settings() -> Settings:
         backoff_max=300,
         rescue_grace=30,
         enqueue_horizon=60,
+        backlog_max=10_000,  # the bound has its own tests (test_fair_share.py)
     )
 
 

@@ -366,3 +366,20 @@ def test_a_track_by_name_with_unknown_or_missing_arguments_is_a_refusal_too(
     jobs.track.run(on_failure=failure)
     assert [r["error"]["kind"] for r in sent] == ["configuration_error", "unknown_provider"]
     assert sent[0]["error"]["message"] == "exports.track has no argument correlation_id"
+
+
+def test_status_and_list_show_the_accounts_lag_and_the_fleets_backlog(
+    wired: Engine, fake_clock: Clock
+) -> None:
+    tid = run("track", "cometly", "21").stdout.strip()
+    run("track", "cometly", "22")
+    fake_clock.advance(40)  # two first polls sent, never run: the sweep sees them late
+    wired.sweep()
+    record = json.loads(run("status", tid, "--json").stdout)
+    assert record["account_lag"] == pytest.approx(40.0)
+    backlog = record["fleet_backlog"]
+    assert backlog["bound"] == 10_000 and backlog["lag"] == {"cometly": pytest.approx(40.0)}
+    assert backlog["in_broker"] == backlog["ready"] == 2  # the sweep's two rescue messages
+    text = run("list").stdout
+    assert "backlog: 2 poll messages ready in the broker (bound 10000)" in text
+    assert "lag: cometly 40.0s" in text

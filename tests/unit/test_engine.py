@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 
 import pytest
 
@@ -278,11 +279,11 @@ def test_polls_of_one_account_ride_together_once_the_provider_is_timed(
 
 
 def test_a_slow_provider_gets_short_trains_and_the_rest_is_passed_on(
-    settings: object, store: Store, broker: Broker, fake_clock: Clock
+    settings: Settings, store: Store, broker: Broker, fake_clock: Clock
 ) -> None:
     provider = SlowProvider(fake_clock, seconds=0.4)  # 1 s budget: two or three per run
     engine = Engine(
-        settings,  # type: ignore[arg-type]
+        settings.model_copy(update={"train_parallel": 1}),  # one request after another
         store,
         broker.send_poll,
         broker.send_callback,
@@ -299,6 +300,83 @@ def test_a_slow_provider_gets_short_trains_and_the_rest_is_passed_on(
     for pairs, _ in passed_on:
         engine.poll(*pairs[0], pairs[1:])
     assert len(provider.calls) == 10 and len(set(provider.calls)) == 10
+
+
+class MeetingProvider(ScriptedProvider):
+    """After the first request, each waits until `parties` requests are in flight at once:
+    asked one after another, a request would wait alone and raise BrokenBarrierError."""
+
+    def __init__(self, parties: int) -> None:
+        super().__init__()
+        self.barrier = threading.Barrier(parties, timeout=10)
+        self.threads: set[str] = set()
+
+    def fetch(self, export_id: str) -> ExportStatus | errors.ProviderError:
+        if self.calls:
+            self.barrier.wait()
+            self.threads.add(threading.current_thread().name)
+        return super().fetch(export_id)
+
+
+def test_the_requests_of_one_train_are_in_flight_together(
+    settings: Settings, store: Store, broker: Broker
+) -> None:
+    provider = MeetingProvider(parties=4)
+    engine = Engine(
+        settings.model_copy(update={"train_parallel": 4}),
+        store,
+        broker.send_poll,
+        broker.send_callback,
+        providers=FakePool(provider),  # type: ignore[arg-type]
+        rand=lambda: 1.0,
+    )
+    for i in range(9):
+        track(engine, f"e{i}")
+    pairs = [(tid, token) for tid, token, _ in broker.take_polls()]
+    states = engine.poll(*pairs[0], pairs[1:])  # the first alone, then two waves of four
+    assert states == "running" and sorted(provider.calls) == [f"e{i}" for i in range(9)]
+    assert len(provider.threads) == 4  # this thread and three request threads
+    assert sorted(len(p) for p, _ in broker.take_messages()) == [9]  # one follow-up message
+
+
+class PairingProvider(ScriptedProvider):
+    """Counts requests in flight; each of `pairs` waits for a partner, so a wave that mixed
+    them with others would leave one waiting alone (BrokenBarrierError)."""
+
+    def __init__(self, pairs: set[str]) -> None:
+        super().__init__()
+        self.pairs, self.barrier = pairs, threading.Barrier(2, timeout=5)
+        self.lock, self.active = threading.Lock(), 0
+        self.seen: dict[str, int] = {}
+
+    def fetch(self, export_id: str) -> ExportStatus | errors.ProviderError:
+        with self.lock:
+            self.active += 1
+            self.seen[export_id] = self.active
+        if export_id in self.pairs:
+            self.barrier.wait()
+        with self.lock:
+            self.active -= 1
+        return super().fetch(export_id)
+
+
+def test_in_waves_an_export_whose_last_request_timed_out_is_asked_alone(
+    settings: Settings, store: Store, broker: Broker
+) -> None:
+    provider = PairingProvider({"e1", "e2", "e4", "e5"})
+    engine = Engine(
+        settings.model_copy(update={"train_parallel": 4}),
+        store,
+        broker.send_poll,
+        broker.send_callback,
+        providers=FakePool(provider),  # type: ignore[arg-type]
+    )
+    tids = [track(engine, f"e{i}") for i in range(6)]
+    store.r.hset(store.key(tids[3]), "error_kind", errors.TransportError.kind)
+    pairs = [(tid, token) for tid, token, _ in broker.take_polls()]
+    engine.poll(*pairs[0], pairs[1:])  # waves: e0 | e1 e2 | e3 alone | e4 e5
+    assert sorted(provider.calls) == [f"e{i}" for i in range(6)]
+    assert provider.seen["e3"] == 1
 
 
 def test_runs_looking_for_due_exports_skip_the_ones_other_runs_hold(

@@ -125,7 +125,7 @@ def test_a_429_holds_the_whole_account_fleet_wide_until_its_stated_time(
 ) -> None:
     provider = ScriptedProvider()
     provider.script("e2", errors.RateLimited("429", retry_after=7))
-    engine, tids = run(redis_client, provider, broker, 6)
+    engine, tids = run(redis_client, provider, broker, 6, train_parallel=1)
     assert provider.calls == ["e0", "e1", "e2"]  # the rest of the train waited with it
     assert engine.guard
     held = engine.guard.held_until("scripted", fake_clock())
@@ -140,6 +140,18 @@ def test_a_429_holds_the_whole_account_fleet_wide_until_its_stated_time(
     other.poll(*pairs[0])
     assert "late" not in provider.calls and (other.get(tid) or {})["not_before"] >= held
     assert redis_client.hget("ep:metrics", "holds|scripted|429") == b"1"
+
+
+def test_a_429_in_a_wave_stops_the_train_after_that_wave(
+    redis_client: fakeredis.FakeRedis, broker: Broker, fake_clock: Clock
+) -> None:
+    provider = ScriptedProvider()
+    provider.script("e2", errors.RateLimited("429", retry_after=7))
+    engine, tids = run(redis_client, provider, broker, 12, train_parallel=4)
+    # e0 alone, then e1-e4 together (e2 answers 429); nothing leaves after that answer
+    assert sorted(provider.calls) == ["e0", "e1", "e2", "e3", "e4"]
+    for tid in tids[5:]:
+        assert (engine.get(tid) or {})["not_before"] >= fake_clock() + 7
 
 
 def test_a_poll_never_runs_before_a_providers_stated_time(
@@ -294,4 +306,5 @@ def test_an_account_held_lately_reads_its_hold_before_every_request(
 
     engine: Engine
     assert train_of_five(limited_before=True) == ["e0", "e1"]
-    assert train_of_five(limited_before=False) == ["e0", "e1", "e2", "e3", "e4"]  # 0.25 s reads
+    calls = train_of_five(limited_before=False)  # 0.25 s reads; a wave after the first answer
+    assert sorted(calls) == ["e0", "e1", "e2", "e3", "e4"]

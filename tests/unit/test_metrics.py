@@ -61,3 +61,24 @@ def test_holds_and_account_problems_are_counted(
     values = scrape(engine)
     key = 'export_poller_account_problems_total{kind="credentials_refused",provider="scripted"}'
     assert values[key] == 1
+
+
+def test_overload_is_visible_as_lag_and_backlog(
+    engine: Engine, broker: Broker, fake_clock: Clock
+) -> None:
+    track(engine, "a")
+    track(engine, "b")
+    fake_clock.advance(12)  # their first polls were never run
+    engine.sweep()
+    values = scrape(engine)
+    assert values['export_poller_account_lag_seconds{account="scripted"}'] == 12.0
+    assert values['export_poller_backlog_messages{kind="in_broker"}'] == 2
+    assert values["export_poller_backlog_bound"] == 10_000
+    deliver_all(engine, broker)
+    after = scrape(engine)
+    assert after['export_poller_backlog_messages{kind="ready"}'] == 0
+
+
+def deliver_all(engine: Engine, broker: Broker) -> None:
+    for pairs, _ in broker.take_messages():
+        engine.poll(*pairs[0], pairs[1:])
