@@ -60,7 +60,7 @@ class AccountSettings(BaseModel):
             return None
         parts = urlsplit(value.strip())
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"must be an http(s) URL, got {redact_url(value)!r}")
+            raise ValueError(f"must be an http(s) URL, got {brokers.redact_url(value)!r}")
         return value.strip().rstrip("/")
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
@@ -200,17 +200,12 @@ class Settings(BaseSettings):
         return self.visibility_timeout
 
 
-def redact_url(url: str) -> str:
-    """Hide a password in a Redis or AMQP URL before it is logged or printed."""
-    return brokers.redact_url(url)
-
-
 def _redacted_args(
     args: Iterable[tuple[str | None, Any]], urls: tuple[str, ...]
 ) -> Iterator[tuple[str | None, Any]]:
     """A repr's fields with the passwords of URL fields masked (SecretStr masks the rest)."""
     for name, value in args:
-        yield name, redact_url(value) if name in urls and isinstance(value, str) else value
+        yield name, brokers.redact_url(value) if name in urls and isinstance(value, str) else value
 
 
 class InvalidSettings(ValueError):

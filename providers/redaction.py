@@ -26,7 +26,7 @@ from export_poller.config.settings import AccountSettings
 
 MASK = "***"
 ESCAPED = "__kombu_escaped__"
-_KOMBU_KEYS = frozenset({"__type__", "__value__"})
+KOMBU_KEYS = frozenset({"__type__", "__value__"})
 _SECRET_FIELDS = ("token", "password", "access_key", "secret_key")
 _MIN_SECRET = 4  # shorter "secrets" would mask ordinary words
 
@@ -82,7 +82,7 @@ class Redactor:
             return [self.clean(item) for item in value]
         if isinstance(value, dict):
             out = {self.text(str(k)): self.clean(v) for k, v in value.items()}
-            if out.keys() == _KOMBU_KEYS:
+            if out.keys() == KOMBU_KEYS:
                 out[ESCAPED] = True
             return out
         return value

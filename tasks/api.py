@@ -20,7 +20,7 @@ from export_poller import clock
 from export_poller.config.settings import AccountSettings, get_settings
 from export_poller.providers import errors
 from export_poller.providers.models import ExportStatus
-from export_poller.providers.redaction import Redactor, secret_forms
+from export_poller.providers.redaction import KOMBU_KEYS, Redactor, secret_forms
 from export_poller.providers.registry import get_provider_class
 from export_poller.runtime import get_engine
 
@@ -44,7 +44,6 @@ _SIGNATURE_OPTIONS = frozenset(
     {"queue", "routing_key", "exchange", "priority", "expires", "countdown", "headers"}
     | {"soft_time_limit", "time_limit", "retry", "retry_policy", "task_id", "shadow"}
 )
-_KOMBU_KEYS = frozenset({"__type__", "__value__"})
 # A caller-chosen id: letters, digits, '-' and '_', 8 to 64 characters (a UUID fits).
 TRACKING_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{7,63}$")
 _ID_CHARS = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -221,7 +220,7 @@ def _check_nesting(value: Any, name: str, depth: int = 0) -> None:
     if depth > MAX_DEPTH:
         raise errors.ConfigurationError(f"{name} is nested deeper than {MAX_DEPTH} levels")
     if isinstance(value, dict):
-        if value.keys() == _KOMBU_KEYS:
+        if value.keys() == KOMBU_KEYS:
             raise errors.ConfigurationError(
                 f"{name} must not hold an object with exactly the keys __type__ and __value__ "
                 "(kombu would decode it as a typed value)"

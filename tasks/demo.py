@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
+from export_poller.config.brokers import redact_url
 from export_poller.processes import (
     Child,
     exit_on_sigterm,
@@ -166,7 +167,7 @@ def _choose_redis(workdir: Path, stack: contextlib.ExitStack, redis_url: str | N
     """A private redis-server unless told to use one; the environment's is never taken."""
     if redis_url:
         if not redis_ping(redis_url):
-            raise RuntimeError(f"no Redis answers at {_redacted(redis_url)}")
+            raise RuntimeError(f"no Redis answers at {redact_url(redis_url)}")
         return redis_url
     child = start_redis(workdir)
     stack.callback(child.stop)
@@ -197,7 +198,7 @@ def _start_services(
     children = [start_worker(env, workdir, name=names.worker), start_beat(env, workdir)]
     for child in children:
         stack.callback(child.stop)
-    print(f"simulator {sim.url}  redis {_redacted(url)}  queue {names.queue}  logs {workdir}")
+    print(f"simulator {sim.url}  redis {redact_url(url)}  queue {names.queue}  logs {workdir}")
     return sim.url, children
 
 
@@ -227,12 +228,6 @@ def cleanup(redis_url: str, names: Private) -> int:
         if not r.exists(b"_kombu.binding." + table):
             r.zrem(_DEADLINES, table)
     return gone
-
-
-def _redacted(url: str) -> str:
-    from export_poller.config.settings import redact_url
-
-    return redact_url(url)
 
 
 def _track_all(sim_url: str, count: int) -> list[Tracked]:
