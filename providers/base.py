@@ -272,13 +272,14 @@ class Provider(ABC):
             raise errors.TransportError(
                 f"{self.name} connection failed: {type(exc).__name__}"
             ) from exc
-        log.debug(
-            "%s %s -> %s in %.3fs",
-            method,
-            urlsplit(url).path,
-            response.status_code,
-            time.monotonic() - started,
-        )
+        if log.isEnabledFor(logging.DEBUG):  # its arguments cost more than the call
+            log.debug(
+                "%s %s -> %s in %.3fs",
+                method,
+                urlsplit(url).path,
+                response.status_code,
+                time.monotonic() - started,
+            )
         return response
 
     def _same_host_location(self, url: str, response: requests.Response) -> str:

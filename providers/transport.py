@@ -60,9 +60,12 @@ class Watchdog:
                 _shutdown(sock)
                 return
             if not watch.sockets:
+                while self._heap and self._heap[0][2].done:  # finished: keep the heap small
+                    heapq.heappop(self._heap)
                 heapq.heappush(self._heap, (watch.at, next(self._seq), watch))
                 self._start()
-                self._cond.notify()
+                if self._heap[0][2] is watch:  # else the thread already wakes up earlier
+                    self._cond.notify()
             watch.sockets.append(sock)
 
     def finish(self, watch: Watch) -> None:
@@ -173,6 +176,6 @@ def session_for(base_url: str, pool_size: int = POOL_SIZE) -> requests.Session:
     session.trust_env = False
     session.proxies = requests.utils.get_environ_proxies(base_url)
     bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
-    if bundle:
+    if bundle and base_url.lower().startswith("https:"):  # requests stats the path per request
         session.verify = bundle
     return session

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import threading
 import uuid
@@ -43,6 +44,7 @@ Outcome = ExportStatus | errors.ProviderError
 T = TypeVar("T")
 _SWEEP_ROUNDS = 10  # batches per sweep: bounded, so one sweep never runs long
 _TRAIN_SPREAD = 1.0  # seconds between the first and last planned poll of one message
+_ROUTINE_DROPS = frozenset({"busy", "stale", "done"})
 _LOGGED_DROPS = 5  # per message: the log stays bounded whatever a message names
 _MOST_PER_MESSAGE = 1000  # above any train we send (50 by default, a CGC request holds 100)
 _GATE_REFRESH = 0.25  # seconds a train trusts its last read of the account's hold and breaker
@@ -309,9 +311,12 @@ class Engine:
             else:
                 dropped += 1
                 if dropped <= _LOGGED_DROPS:
-                    log.info("poll dropped tracking_id=%s reason=%s", ptid, result)
+                    # Routine when a train took the export along before its own message came
+                    # (busy, stale), or it ended meanwhile (done): said at DEBUG.
+                    level = logging.DEBUG if result in _ROUTINE_DROPS else logging.INFO
+                    log.log(level, "poll dropped tracking_id=%s reason=%s", ptid, result)
         if dropped > _LOGGED_DROPS:
-            log.info("poll dropped %d more exports of this message", dropped - _LOGGED_DROPS)
+            log.debug("poll dropped %d more exports of this message", dropped - _LOGGED_DROPS)
         states: dict[str, str] = {}
         for account, claims in by_account.items():
             states |= self._poll_account(account, claims, now, lease_until)
@@ -421,6 +426,9 @@ class Engine:
         wave: list[tuple[list[Claim], _Bisect | None]] = []
         wide = run.calm and not run.limited and run.pace is None
         width = self.settings.train_parallel if wide else 1
+        # A wave's requests leave together: before each, read the account's shared hold, so a
+        # 429 another worker (or thread) just met stops this train too, not only its next wave.
+        run.must_check = run.must_check or width > 1
         while queue and len(wave) < width:
             chunk, group = queue[0]
             late = clock.now() - started > self.settings.train_seconds
@@ -672,7 +680,7 @@ class Engine:
         write = Write(
             claim,
             _fields_for(decision, ctx, now),
-            uuid.uuid4().hex[:16],
+            os.urandom(8).hex(),  # a new token, as unique as a uuid4's 64 bits, without the object
             now,
             decision.terminal,
             sched,
