@@ -8,6 +8,7 @@ quorum queues, publisher confirms; Redis: a visibility timeout fitted to the wor
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import Celery
@@ -62,6 +63,26 @@ def _redis_conf(settings: Settings) -> dict[str, Any]:
         options["master_name"] = settings.redis_sentinel_master
     return {"broker_transport_options": options}
 
+
+class QuietRoutineTasks(logging.Filter):
+    """Celery logs two INFO lines per task message ("received", "succeeded"). For poll and
+    sweep messages, dozens a second per worker, they were most of a worker's log and about 1%
+    of its CPU, and said nothing our own poll lines do not; they are kept when the logger is
+    at DEBUG. Failures, and every other task's lines, are logged as before."""
+
+    ROUTINE = frozenset({"exports.poll", "exports.sweep"})
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        data = getattr(record, "data", None)
+        if record.levelno != logging.INFO or not isinstance(data, dict):
+            return True
+        if data.get("name") not in self.ROUTINE:
+            return True
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+for _name in ("celery.worker.strategy", "celery.app.trace"):
+    logging.getLogger(_name).addFilter(QuietRoutineTasks())
 
 settings = get_settings()
 

@@ -148,12 +148,13 @@ def start_worker(
     name: str = "worker",
     concurrency: int = 8,
     pool: str = "threads",
+    loglevel: str = "INFO",
 ) -> Child:
     """A worker as deployed: a thread pool, since a poll spends its time waiting on HTTP."""
     argv = celery_argv(
         "worker",
         "--loglevel",
-        "INFO",
+        loglevel,
         "--concurrency",
         str(concurrency),
         "--pool",

@@ -110,8 +110,10 @@ class Fleet:
         self.children: list[Child] = []
         self.r = redis.Redis.from_url(env["POLLER_REDIS_URL"], decode_responses=True)
 
-    def worker(self, name: str = "worker", concurrency: int = 2) -> Child:
-        child = start_worker(self.env, self.workdir, name=name, concurrency=concurrency)
+    def worker(self, name: str = "worker", concurrency: int = 2, loglevel: str = "INFO") -> Child:
+        child = start_worker(
+            self.env, self.workdir, name=name, concurrency=concurrency, loglevel=loglevel
+        )
         self.children.append(child)
         wait_until(lambda: "ready" in child.output(), 60, f"{name} to start")
         return child

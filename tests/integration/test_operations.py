@@ -222,4 +222,5 @@ def test_the_demo_cannot_collide_with_a_running_fleet(fleet: Fleet) -> None:
     assert given.returncode == 0, given.stdout[-3000:] + given.stderr[-3000:]
     assert "10 exports ended" in given.stdout and "queue export-poller-demo-" in given.stdout
     assert set(fleet.r.keys("*")) - {"unacked_mutex"} == before
-    assert "] received" not in fleet.children[0].output()  # the fleet took none of its tasks
+    taken = fleet.children[0].output()  # the fleet took none of its tasks: no poll, no callback
+    assert "] received" not in taken and "poll tracking_id=" not in taken, taken[-3000:]
