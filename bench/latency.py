@@ -58,9 +58,15 @@ WARMUP = 8.0
 
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process (all its threads), from /proc/PID/stat."""
+    user, system = cpu_split(pid)
+    return user + system
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(utime, stime) of a process: the kernel's share shows thread hand-offs and syscalls."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+    return int(fields[11]) / TICKS, int(fields[12]) / TICKS
 
 
 def threads_of(pid: int) -> int:
@@ -115,14 +121,17 @@ def measure(env: dict[str, str], pid: int, seconds: float) -> dict[str, Any]:
     """polls/s (simulator's count) and CPU of `pid` and of the simulator over one window."""
     sim, spid = sim_of(env), int(env["BENCH_SIM_PID"])
     before = (sim.stats()["providers"]["cometly"]["requests"], cpu_seconds(pid), cpu_seconds(spid))
+    kernel_before = cpu_split(pid)[1]
     started = time.monotonic()
     time.sleep(seconds)
     took = time.monotonic() - started
     after = (sim.stats()["providers"]["cometly"]["requests"], cpu_seconds(pid), cpu_seconds(spid))
+    kernel = cpu_split(pid)[1] - kernel_before
     polls = after[0] - before[0]
     return {
         "polls_per_s": polls / took,
         "cpu_per_1000": 1000 * (after[1] - before[1]) / max(polls, 1),
+        "kernel_share": kernel / max(after[1] - before[1], 1e-9),
         "cpu_share": (after[1] - before[1]) / took,
         "sim_cpu_share": (after[2] - before[2]) / took,
         "sim_threads": threads_of(spid),
@@ -171,6 +180,8 @@ def run_worker(
     finally:
         for child in children:
             child.stop()
+        if os.environ.get("BENCH_KEEP_LOG"):
+            Path(os.environ["BENCH_KEEP_LOG"]).write_text(children[0].output())
     return window
 
 
@@ -196,9 +207,12 @@ def one_delay(
     sim = sim_of(env)
     sim.set_faults(1.0, ["slow"], providers=["cometly"], delay_s=delay_ms / 1000)
     job = str(sim.create_job("cometly", running_polls=10**9))
+    worker = run_worker(env, workdir, args, delay_ms)
+    if args.worker_only:  # for trying changes quickly; the ratios need the loops
+        print_side(delay_ms, "worker", worker)
+        return {"delay_ms": delay_ms, "worker": worker}
     bare = run_bare(env, job, args.concurrency, args.seconds, "pooled")
     default = run_bare(env, job, args.concurrency, args.seconds, "default")
-    worker = run_worker(env, workdir, args, delay_ms)
     row = {
         "delay_ms": delay_ms,
         "concurrency": args.concurrency,
@@ -212,15 +226,19 @@ def one_delay(
     return row
 
 
+def print_side(delay_ms: int, side: str, r: dict[str, Any]) -> None:
+    print(
+        f"  {delay_ms:>4} ms  {side:<12} {r['polls_per_s']:7.0f} polls/s  "
+        f"{r['cpu_per_1000']:5.2f} s CPU/1,000 polls, {r['kernel_share']:.0%} in the kernel  "
+        f"(process {r['cpu_share']:.0%} of a core; simulator {r['sim_cpu_share']:.0%}, "
+        f"{r['sim_threads']} threads)",
+        flush=True,
+    )
+
+
 def print_row(row: dict[str, Any]) -> None:
     for side in ("bare", "bare_default", "worker"):
-        r = row[side]
-        print(
-            f"  {row['delay_ms']:>4} ms  {side:<12} {r['polls_per_s']:7.0f} polls/s  "
-            f"{r['cpu_per_1000']:5.2f} s CPU/1,000 polls  (process {r['cpu_share']:.0%} of a "
-            f"core; simulator {r['sim_cpu_share']:.0%}, {r['sim_threads']} threads)",
-            flush=True,
-        )
+        print_side(row["delay_ms"], side, row[side])
     d = row["bare_default"]
     print(
         f"  {row['delay_ms']:>4} ms  worker/bare: CPU per poll {row['cpu_ratio']:.2f}x, "
@@ -247,6 +265,7 @@ def main() -> int:
         help="POLLER_TRAIN_PARALLEL; the worker runs concurrency/parallel threads",
     )
     parser.add_argument("--profile", type=Path)
+    parser.add_argument("--worker-only", action="store_true", help="skip the two loops")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     exit_on_sigterm()
@@ -260,6 +279,8 @@ def main() -> int:
         env["BENCH_SIM_PID"] = str(find_simulator(env))
         for delay_ms in (int(d) for d in args.delays.split(",")):
             rows.append(one_delay(env, workdir, args, delay_ms))
+    if args.worker_only:
+        return 0
     print_table(rows)
     goal = [r for r in rows if r["delay_ms"] == 200 and r["concurrency"] == 200]
     ok = all(r["cpu_ratio"] <= 1.5 and r["rate_ratio"] >= 0.8 for r in goal)
