@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import heapq
+import http.cookiejar
 import itertools
 import os
 import socket
@@ -174,6 +175,9 @@ def session_for(base_url: str, pool_size: int = POOL_SIZE) -> requests.Session:
     session.mount("http://", WatchedAdapter(pool_maxsize=pool_size))
     session.mount("https://", WatchedAdapter(pool_maxsize=pool_size))
     session.trust_env = False
+    # Status APIs authenticate by header: a cookie a provider sets is neither kept nor sent
+    # (a hostile one could otherwise grow the jar with every answer).
+    session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
     session.proxies = requests.utils.get_environ_proxies(base_url)
     bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
     if bundle and base_url.lower().startswith("https:"):  # requests stats the path per request

@@ -52,6 +52,22 @@ def test_proxy_and_ca_bundle_from_the_environment_still_apply(
     assert sent["verify"] == "/etc/ssl/certs/corporate.pem"
 
 
+def test_a_cookie_the_provider_sets_is_neither_kept_nor_sent(
+    http: responses.RequestsMock, name: str
+) -> None:
+    """Requests are copies of one prepared per account; a provider's session cookie must not
+    ride along on them, nor pile up in the jar (a hostile provider could set one per answer)."""
+    _add(http, name, json=ok_body(name), headers={"Set-Cookie": "sid=abc123; Path=/"})
+    _add(http, name, json=ok_body(name))
+    provider = make(name)
+    provider.fetch(SAMPLE_IDS[name])
+    provider.fetch(SAMPLE_IDS[name])
+    assert [c.request.url for c in http.calls] == [status_url(name, SAMPLE_IDS[name])] * 2
+    assert "Cookie" not in http.calls[1].request.headers
+    assert http.calls[1].request.headers[AUTH_HEADERS[name]]
+    assert len(provider.session.cookies) == 0
+
+
 @pytest.mark.parametrize("status", [500, 502, 503, 504])
 def test_5xx_is_server_error(http: responses.RequestsMock, name: str, status: int) -> None:
     _add(http, name, status=status, body="upstream trouble")
