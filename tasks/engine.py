@@ -54,7 +54,9 @@ _GATE_REFRESH = 0.25  # seconds a train trusts its last read of the account's ho
 _REQUEST_THREADS = 256
 SendPoll = Callable[[Sequence[tuple[str, str]], float], None]  # (tid, token) pairs, countdown
 SendCallback = Callable[[dict[str, Any], dict[str, Any]], None]
-_Asked = tuple[dict[str, Outcome], errors.ProviderError | None, Budget | None]
+# One request's answers, its error as a whole, the budget it stated, and the 429 hold it
+# wrote at once (0.0 if none).
+_Asked = tuple[dict[str, Outcome], errors.ProviderError | None, Budget | None, float]
 
 
 class ProviderPool:
@@ -461,9 +463,17 @@ class Engine:
             return self._pool
 
     def _ask_one(self, provider: Provider, account: str, chunk: list[Claim]) -> _Asked:
-        """One request and the budget its answer stated (kept per thread by the adapter)."""
+        """One request and the budget its answer stated (kept per thread by the adapter).
+
+        A 429 holds the account fleet-wide the moment it is read, from the thread that read
+        it: its wave's other answers may take a while yet, and every other train of the
+        account must stop now, not when this wave is over."""
         answers, whole = self._ask(provider, account, chunk)
-        return answers, whole, provider.last_budget()
+        waits = _stated_waits(answers.values())
+        until = clock.now() + max(waits) if waits else 0.0
+        if waits and self.guard:
+            self.guard.hold(account, until, clock.now(), reason="429")
+        return answers, whole, provider.last_budget(), until
 
     def _take(
         self,
@@ -476,7 +486,7 @@ class Engine:
         splits: list[tuple[list[Claim], _Bisect]],
     ) -> bool:
         """Read one answer of a wave; True if it timed out or failed to connect."""
-        answers, whole, budget = asked
+        answers, whole, budget, held = asked
         run.calls += 1
         run.calm = run.calm and _calm(answers, whole, budget, self.settings.train_parallel)
         if not isinstance(whole, errors.RateLimited):  # a 429 holds the account itself
@@ -486,7 +496,7 @@ class Engine:
             splits.extend(split)
             return False
         outcomes |= answers
-        self._after_request(account, run, answers, group, whole, stated=budget is not None)
+        self._after_request(account, run, answers, group, whole, held, stated=budget is not None)
         return any(isinstance(o, errors.TransportError) for o in answers.values())
 
     def _gate(self, account: str, run: _Run) -> float | None:
@@ -539,11 +549,13 @@ class Engine:
         answers: dict[str, Outcome],
         group: _Bisect | None,
         whole: errors.ProviderError | None,
+        held: float,
         *,
         stated: bool,
     ) -> None:
-        """Hold the account on a 429; count the answer toward the breaker."""
-        self._maybe_hold(account, run, answers.values(), stated=stated)
+        """Hold the account on a 429 (until `held`, as `_ask_one` did); count the answer
+        toward the breaker."""
+        self._maybe_hold(account, run, held, stated=stated)
         if group is not None:  # counted when its bisection is over, when we know what it was
             group.requests.append(list(answers))
             group.answered = group.answered or whole is None
@@ -564,19 +576,13 @@ class Engine:
         if until is not None and until > run.hold_until:
             self._hold(account, run, until, "budget")
 
-    def _maybe_hold(
-        self, account: str, run: _Run, outcomes: Iterable[Outcome], *, stated: bool
-    ) -> None:
-        """A provider's 429 speaks for the whole account: every worker waits until its time.
-        Where the provider states no budget, the 429 also slows the account's pace."""
-        waits = [
-            o.retry_after
-            for o in outcomes
-            if isinstance(o, errors.RateLimited) and not isinstance(o, errors.Throttled)
-        ]
-        if not waits:
+    def _maybe_hold(self, account: str, run: _Run, held: float, *, stated: bool) -> None:
+        """A provider's 429 speaks for the whole account: every worker waits until its time
+        (`held`, written when the answer was read; 0.0 for no 429). Where the provider
+        states no budget, the 429 also slows the account's pace."""
+        if not held:
             return
-        self._hold(account, run, clock.now() + max(waits), "429")
+        self._hold(account, run, held, "429")
         if not stated and self.guard and not run.slowed:
             run.slowed = True
             run.pace = self.guard.slow_down(account, clock.now())
@@ -847,6 +853,15 @@ def _fields_for(decision: policy.Decision, ctx: policy.PollContext, now: float) 
     if decision.terminal:
         fields["finished_at"] = now
     return fields
+
+
+def _stated_waits(outcomes: Iterable[Outcome]) -> list[float]:
+    """The waits a provider's 429s stated (our own holds, `Throttled`, are not its word)."""
+    return [
+        o.retry_after
+        for o in outcomes
+        if isinstance(o, errors.RateLimited) and not isinstance(o, errors.Throttled)
+    ]
 
 
 def _timed_out_before(chunk: list[Claim]) -> bool:

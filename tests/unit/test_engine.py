@@ -7,8 +7,10 @@ import threading
 
 import pytest
 
+from export_poller import clock
 from export_poller.config.settings import Settings
 from export_poller.engine import Engine
+from export_poller.guards import AccountGuard
 from export_poller.providers import errors
 from export_poller.providers.models import ExportStatus
 from export_poller.store import Store
@@ -337,6 +339,56 @@ def test_the_requests_of_one_train_are_in_flight_together(
     assert states == "running" and sorted(provider.calls) == [f"e{i}" for i in range(9)]
     assert len(provider.threads) == 4  # this thread and three request threads
     assert sorted(len(p) for p, _ in broker.take_messages()) == [9]  # one follow-up message
+
+
+class SignalledGuard(AccountGuard):
+    """An account guard that says when a hold was written."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.held = threading.Event()
+
+    def hold(self, account: str, until: float, now: float, *, reason: str = "429") -> bool:
+        moved = super().hold(account, until, now, reason=reason)
+        self.held.set()
+        return moved
+
+
+class SlowNeighbourProvider(ScriptedProvider):
+    """e1 is answered 429 at once; e2, asked in the same wave, answers only once the account's
+    hold is written (or after 5 s): a hold written when the wave ends would keep it waiting."""
+
+    def __init__(self, held: threading.Event) -> None:
+        super().__init__()
+        self.held, self.saw_hold = held, False
+        self.script("e1", errors.RateLimited("slow down", retry_after=30.0))
+
+    def fetch(self, export_id: str) -> ExportStatus | errors.ProviderError:
+        if export_id == "e2":
+            self.saw_hold = self.held.wait(timeout=5)
+        return super().fetch(export_id)
+
+
+def test_a_429_holds_the_account_before_the_rest_of_its_wave_is_answered(
+    settings: Settings, store: Store, broker: Broker
+) -> None:
+    guard = SignalledGuard(settings, store.r)
+    provider = SlowNeighbourProvider(guard.held)
+    engine = Engine(
+        settings.model_copy(update={"train_parallel": 4}),
+        store,
+        broker.send_poll,
+        broker.send_callback,
+        providers=FakePool(provider),  # type: ignore[arg-type]
+        guard=guard,
+    )
+    for i in range(4):
+        track(engine, f"e{i}")
+    pairs = [(tid, token) for tid, token, _ in broker.take_polls()]
+    engine.poll(*pairs[0], pairs[1:])  # e0 alone, then e1 e2 e3 in one wave
+    assert provider.saw_hold  # written by the thread that read the 429, mid-wave
+    assert guard.held_until("scripted", clock.now()) is not None
+    assert store.r.hget(guard.metrics, "holds|scripted|429") == b"1"  # one 429, one hold
 
 
 class PairingProvider(ScriptedProvider):
