@@ -133,7 +133,7 @@ class Provider(ABC):
         self.timeout = (settings.http_connect_timeout, settings.http_read_timeout)
         self.total_timeout = settings.request_deadline
         self.max_bytes = settings.max_response_bytes
-        self.base_url = self._base_url(account)
+        self._base = self._base_url(account)
         self._auth = self.auth()
         self.redactor = Redactor.for_account(account)
         self.session = transport.session_for(self.base_url)
@@ -142,6 +142,11 @@ class Provider(ABC):
         self._template = self.session.prepare_request(requests.Request("GET", self.base_url))
         self._prefix = self._template.url.rstrip("/") if self._template.url else self.base_url
         self._last = threading.local()  # one adapter serves all of a worker's threads
+
+    @property
+    def base_url(self) -> str:
+        """Read-only: every request is a copy of one prepared from it at construction."""
+        return self._base
 
     def __repr__(self) -> str:
         url = redact_url(self.base_url)

@@ -78,13 +78,12 @@ def serve() -> Iterator[Callable[[Handler], Provider]]:
     def start(handler: Handler) -> Provider:
         server = RawServer(handler)
         servers.append(server)
-        provider = make(
+        return make(
             "cometly",
+            base_url=f"http://127.0.0.1:{server.port}",
             http_read_timeout=1.0,
             http_total_timeout=1.5,
         )
-        provider.base_url = f"http://127.0.0.1:{server.port}"
-        return provider
 
     yield start
     for server in servers:

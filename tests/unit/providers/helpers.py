@@ -69,9 +69,11 @@ def account(provider: str, **overrides: Any) -> AccountSettings:
     return AccountSettings(**fields)
 
 
-def make(provider: str, *, name: str = ACCOUNT, **settings: Any) -> Provider:
+def make(
+    provider: str, *, name: str = ACCOUNT, base_url: str | None = None, **settings: Any
+) -> Provider:
     """An adapter for `provider` on an account holding every kind of credential."""
-    acct = account(provider)
+    acct = account(provider, **({"base_url": base_url} if base_url else {}))
     full = Settings(_env_file=None, accounts={name: acct}, **settings)  # type: ignore[call-arg]
     return get_provider_class(provider)(name, acct, full)
 

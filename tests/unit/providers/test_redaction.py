@@ -124,6 +124,5 @@ def test_a_password_in_the_base_url_is_a_secret_too() -> None:
     acct = account("saymon", base_url="https://bot:url%2Fpass-9@saymon.example")
     forms = secret_forms(acct)
     assert "url/pass-9" in forms and "url%2Fpass-9" in forms
-    provider = make("saymon")
-    provider.base_url = "https://bot:url-pass-9@saymon.example"
+    provider = make("saymon", base_url="https://bot:url-pass-9@saymon.example")
     assert "url-pass-9" not in repr(provider)
