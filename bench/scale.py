@@ -45,7 +45,7 @@ from export_poller.processes import (  # noqa: E402  # noqa: E402
     wait_until,
 )
 from export_poller.providers.models import ExportStatus, Progress  # noqa: E402
-from export_poller.store import Store  # noqa: E402
+from export_poller.store import Claim, Store  # noqa: E402
 
 PROVIDERS = ("chaossearch", "saymon", "biodatacatalyst", "cometly", "cgc")
 SIG = {"task": "myapp.export_ready", "options": {"queue": "myapp"}}
@@ -116,17 +116,29 @@ def track_many(
 
 
 def make_running(engine: Engine, tids: list[str]) -> None:
-    """One poll's worth of state: progress, message, attempts, a fresh token."""
+    """One poll's worth of state: progress, message, attempts, a fresh token. Settled in
+    trains of one account's exports, as a worker settles them, so the follow-ups leave as a
+    worker's do: one message per train (each message handed to the broker is counted in the
+    backlog ledger until a worker starts it; one per export would count 50,000 messages)."""
     status = ExportStatus(
         state="running", progress=Progress(completed=3, total=20), message=MESSAGE
     )
+    by_account: dict[str, list[Claim]] = {}
     for tid in tids:
         rec = engine.store.get(tid) or {}
         claim = engine.store.claim(
             tid, rec.get("token", ""), "bench", now=time.time(), lease_until=time.time() + 60
         )
-        if not isinstance(claim, str):
-            engine._settle([claim], {tid: status})
+        if isinstance(claim, str):
+            continue
+        train = by_account.setdefault(claim.fields["account"], [])
+        train.append(claim)
+        if len(train) == engine.settings.train_max:
+            engine._settle(train, dict.fromkeys([c.tracking_id for c in train], status))
+            train.clear()
+    for train in by_account.values():
+        if train:
+            engine._settle(train, dict.fromkeys([c.tracking_id for c in train], status))
 
 
 def bytes_per_export(
