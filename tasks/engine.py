@@ -54,8 +54,8 @@ _GATE_REFRESH = 0.25  # seconds a train trusts its last read of the account's ho
 _REQUEST_THREADS = 256
 SendPoll = Callable[[Sequence[tuple[str, str]], float], None]  # (tid, token) pairs, countdown
 SendCallback = Callable[[dict[str, Any], dict[str, Any]], None]
-# One request's answers, its error as a whole, the budget it stated, and the 429 hold it
-# wrote at once (0.0 if none).
+# One request's answers, its error as a whole, the budget it stated, and the time its 429
+# holds the account until (0.0 if none).
 _Asked = tuple[dict[str, Outcome], errors.ProviderError | None, Budget | None, float]
 
 
