@@ -141,6 +141,7 @@ class Provider(ABC):
         # account: prepared once here, copied per request (see `_prepare`).
         self._template = self.session.prepare_request(requests.Request("GET", self.base_url))
         self._prefix = self._template.url.rstrip("/") if self._template.url else self.base_url
+        self._ours = self._prefix + "/"  # a URL we built: the prefix and a quoted path
         self._last = threading.local()  # one adapter serves all of a worker's threads
 
     @property
@@ -269,7 +270,7 @@ class Provider(ABC):
         for a result that only differs by path, body and signature. Our own URLs (the base
         URL, prepared once, and a path the adapter quoted) start from a copy of the prepared
         base request; a redirect's Location, which we did not build, is prepared in full."""
-        if not url.startswith(self._prefix + "/"):
+        if not url.startswith(self._ours):
             request = requests.Request(method, url, json=body, auth=self._auth)
             return self.session.prepare_request(request)
         prepared = self._template.copy()

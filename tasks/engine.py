@@ -469,10 +469,10 @@ class Engine:
         it: its wave's other answers may take a while yet, and every other train of the
         account must stop now, not when this wave is over."""
         answers, whole = self._ask(provider, account, chunk)
-        waits = _stated_waits(answers.values())
-        until = clock.now() + max(waits) if waits else 0.0
+        waits, now = _stated_waits(answers.values()), clock.now()
+        until = now + max(waits) if waits else 0.0
         if waits and self.guard:
-            self.guard.hold(account, until, clock.now(), reason="429")
+            self.guard.hold(account, until, now, reason="429")
         return answers, whole, provider.last_budget(), until
 
     def _take(
@@ -582,21 +582,23 @@ class Engine:
         states no budget, the 429 also slows the account's pace."""
         if not held:
             return
-        self._hold(account, run, held, "429")
+        self._note_hold(account, run, held, "429")  # the fleet-wide hold is written already
         if not stated and self.guard and not run.slowed:
             run.slowed = True
             run.pace = self.guard.slow_down(account, clock.now())
             log.warning("account paced account=%s rate=%.2f/s", account, run.pace)
 
     def _hold(self, account: str, run: _Run, until: float, reason: str) -> None:
-        now = clock.now()
-        run.hold_until = max(run.hold_until, until)
+        self._note_hold(account, run, until, reason)
         if self.guard:
-            self.guard.hold(account, run.hold_until, now, reason=reason)
+            self.guard.hold(account, run.hold_until, clock.now(), reason=reason)
+
+    def _note_hold(self, account: str, run: _Run, until: float, reason: str) -> None:
+        """This train's own view of a hold, and the log line an operator reads."""
+        run.hold_until = max(run.hold_until, until)
         level = logging.WARNING if reason == "429" else logging.INFO
-        log.log(
-            level, "account held account=%s reason=%s seconds=%.1f", account, reason, until - now
-        )
+        seconds = until - clock.now()
+        log.log(level, "account held account=%s reason=%s seconds=%.1f", account, reason, seconds)
 
     def _close_run(self, account: str, run: _Run, outcomes: dict[str, Outcome]) -> None:
         """Settle what bisecting found, and count the run toward the breaker honestly: every
