@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Any
 
 import pytest
 
@@ -280,18 +281,32 @@ def test_polls_of_one_account_ride_together_once_the_provider_is_timed(
     assert {engine.get(t)["attempts"] for t in tids} == {2}  # type: ignore[index]
 
 
-def test_a_slow_provider_gets_short_trains_and_the_rest_is_passed_on(
-    settings: Settings, store: Store, broker: Broker, fake_clock: Clock
-) -> None:
-    provider = SlowProvider(fake_clock, seconds=0.4)  # 1 s budget: two or three per run
-    engine = Engine(
-        settings.model_copy(update={"train_parallel": 1}),  # one request after another
+def engine_for(
+    provider: ScriptedProvider,
+    settings: Settings,
+    store: Store,
+    broker: Broker,
+    *,
+    parallel: int,
+    **options: Any,
+) -> Engine:
+    """An engine over one scripted provider, asking `parallel` requests of a train at once."""
+    return Engine(
+        settings.model_copy(update={"train_parallel": parallel}),
         store,
         broker.send_poll,
         broker.send_callback,
         providers=FakePool(provider),  # type: ignore[arg-type]
-        rand=lambda: 1.0,
+        **options,
     )
+
+
+def test_a_slow_provider_gets_short_trains_and_the_rest_is_passed_on(
+    settings: Settings, store: Store, broker: Broker, fake_clock: Clock
+) -> None:
+    provider = SlowProvider(fake_clock, seconds=0.4)  # 1 s budget: two or three per run
+    # one request after another
+    engine = engine_for(provider, settings, store, broker, parallel=1, rand=lambda: 1.0)
     for i in range(10):
         track(engine, f"e{i}")
     pairs = [(tid, token) for tid, token, _ in broker.take_polls()]
@@ -324,14 +339,7 @@ def test_the_requests_of_one_train_are_in_flight_together(
     settings: Settings, store: Store, broker: Broker
 ) -> None:
     provider = MeetingProvider(parties=4)
-    engine = Engine(
-        settings.model_copy(update={"train_parallel": 4}),
-        store,
-        broker.send_poll,
-        broker.send_callback,
-        providers=FakePool(provider),  # type: ignore[arg-type]
-        rand=lambda: 1.0,
-    )
+    engine = engine_for(provider, settings, store, broker, parallel=4, rand=lambda: 1.0)
     for i in range(9):
         track(engine, f"e{i}")
     pairs = [(tid, token) for tid, token, _ in broker.take_polls()]
@@ -374,14 +382,7 @@ def test_a_429_holds_the_account_before_the_rest_of_its_wave_is_answered(
 ) -> None:
     guard = SignalledGuard(settings, store.r)
     provider = SlowNeighbourProvider(guard.held)
-    engine = Engine(
-        settings.model_copy(update={"train_parallel": 4}),
-        store,
-        broker.send_poll,
-        broker.send_callback,
-        providers=FakePool(provider),  # type: ignore[arg-type]
-        guard=guard,
-    )
+    engine = engine_for(provider, settings, store, broker, parallel=4, guard=guard)
     for i in range(4):
         track(engine, f"e{i}")
     pairs = [(tid, token) for tid, token, _ in broker.take_polls()]
@@ -416,13 +417,7 @@ def test_in_waves_an_export_whose_last_request_timed_out_is_asked_alone(
     settings: Settings, store: Store, broker: Broker
 ) -> None:
     provider = PairingProvider({"e1", "e2", "e4", "e5"})
-    engine = Engine(
-        settings.model_copy(update={"train_parallel": 4}),
-        store,
-        broker.send_poll,
-        broker.send_callback,
-        providers=FakePool(provider),  # type: ignore[arg-type]
-    )
+    engine = engine_for(provider, settings, store, broker, parallel=4)
     tids = [track(engine, f"e{i}") for i in range(6)]
     store.r.hset(store.key(tids[3]), "error_kind", errors.TransportError.kind)
     pairs = [(tid, token) for tid, token, _ in broker.take_polls()]
