@@ -352,6 +352,19 @@ class Engine:
             due_by=now + self.settings.backoff_floor,
             limit=self._train_size(account, provider) - len(claims),
         )
+        # An export whose last request timed out may trickle again: its neighbours are asked
+        # and settled first, so none of them waits on it or is held back when it times out.
+        fresh: list[Claim] = []
+        slow: list[Claim] = []
+        for claim in claims:
+            (slow if _timed_out(claim) else fresh).append(claim)
+        states = self._run_train(provider, account, fresh)
+        return states | self._run_train(provider, account, slow)
+
+    def _run_train(self, provider: Provider, account: str, claims: list[Claim]) -> dict[str, str]:
+        """Ask and settle one train; what its time left unasked is passed on in new trains."""
+        if not claims:
+            return {}
         outcomes = self._ask_train(provider, account, claims)
         states = self._settle([c for c in claims if c.tracking_id in outcomes], outcomes)
         unasked = [c for c in claims if c.tracking_id not in outcomes]
@@ -866,8 +879,13 @@ def _stated_waits(outcomes: Iterable[Outcome]) -> list[float]:
     ]
 
 
+def _timed_out(claim: Claim) -> bool:
+    """Whether the export's last request timed out (or failed to connect)."""
+    return claim.fields.get("error_kind") == errors.TransportError.kind
+
+
 def _timed_out_before(chunk: list[Claim]) -> bool:
-    return any(c.fields.get("error_kind") == errors.TransportError.kind for c in chunk)
+    return any(_timed_out(c) for c in chunk)
 
 
 def _calm(

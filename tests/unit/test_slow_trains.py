@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from export_poller.engine import Engine
 from export_poller.providers import errors
 from tests.unit.conftest import Broker, Clock, ScriptedProvider
@@ -21,3 +23,31 @@ def test_the_rest_of_a_train_waits_instead_of_queueing_behind_a_timeout(
     assert all(r["attempts"] == 0 for r in held)  # holding back is not an attempt
     waits = sorted(countdown for _, _, countdown in broker.polls)
     assert waits[-1] >= engine.settings.backoff_initial
+
+
+def test_an_export_that_timed_out_before_never_holds_back_its_train(
+    engine: Engine, broker: Broker, provider: ScriptedProvider, fake_clock: Clock
+) -> None:
+    """A message that names a trickling export first (its own follow-up) and a healthy one after
+    it: the healthy one is asked and settled before the slow one is asked again, every time."""
+    timeout = errors.TransportError("cometly did not answer within 30 s")
+    provider.script("slow", timeout)
+    slow, healthy = track(engine, "slow"), track(engine, "e2")
+    broker.take_polls()
+    engine.store.r.hset(engine.store.key(slow), "error_kind", errors.TransportError.kind)
+    settled_first = []
+    real_fetch = provider.fetch
+
+    def fetch(export_id: str) -> Any:
+        if export_id == "slow":
+            settled_first.append((engine.get(healthy) or {}).get("attempts"))
+        return real_fetch(export_id)
+
+    provider.fetch = fetch  # type: ignore[method-assign]
+    for attempt in (1, 2, 3):
+        tokens = {tid: rec["token"] for tid in (slow, healthy) if (rec := engine.store.get(tid))}
+        engine.poll(slow, tokens[slow], [(healthy, tokens[healthy])])
+        assert settled_first[-1] == attempt  # the healthy export was committed before
+        assert (engine.get(healthy) or {})["state"] == "running"
+        fake_clock.advance(600)
+    assert provider.calls == ["e2", "slow"] * 3
