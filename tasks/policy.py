@@ -202,9 +202,11 @@ def _retry(
     if now >= ctx.deadline:
         return Decision(state="timed_out", next_poll_at=None, error=exc.as_dict())
     wait = backoff.delay(ctx.attempts, rand)
+    # A failure of the whole request says nothing about this id: it keeps its refusal count.
     return Decision(
         state=ctx.state,
         next_poll_at=next_poll_at(now, wait, ctx.deadline),
+        refusals=ctx.refusals,
         error=exc.as_dict(),
     )
 

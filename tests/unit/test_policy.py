@@ -83,6 +83,27 @@ def test_refusals_end_the_export_only_once_confirmed(exc: errors.Refused) -> Non
     assert third.state == "failed" and third.error and third.error["kind"] == exc.kind
 
 
+@pytest.mark.parametrize(
+    "whole",
+    [
+        errors.ServerError("503"),
+        errors.Maintenance("maintenance"),
+        errors.RateLimited("429", retry_after=1),
+        errors.BadResponse("off-spec body"),
+        errors.TransportError("timeout"),
+    ],
+)
+def test_a_whole_request_failure_between_refusals_keeps_their_count(
+    whole: errors.ProviderError,
+) -> None:
+    """404, a failure that says nothing about the id, 404, the same, 404: failed on the third."""
+    refusals, state = 0, "running"
+    for outcome in [errors.NotFound("404"), whole] * 2 + [errors.NotFound("404")]:
+        d = policy.decide(ctx(refusals=refusals), outcome, NOW, B, confirm_refusals=3)
+        refusals, state = d.refusals, d.state
+    assert state == "failed" and refusals == 3
+
+
 def test_a_good_answer_resets_refusals() -> None:
     d = policy.decide(ctx(refusals=2), ExportStatus(state="running"), NOW, B)
     assert d.refusals == 0
