@@ -126,6 +126,8 @@ class Provider(ABC):
     id_pattern: ClassVar[re.Pattern[str] | None] = None
     required_credentials: ClassVar[tuple[str, ...]] = ()
     """Account settings without which no request can be made (`base_url` when no default)."""
+    headers: ClassVar[Mapping[str, str]] = {}
+    """Headers the provider's documents require on every request, whatever its method."""
 
     def __init__(self, account_name: str, account: AccountSettings, settings: Settings) -> None:
         self.account_name = account_name
@@ -137,6 +139,7 @@ class Provider(ABC):
         self._auth = self.auth()
         self.redactor = Redactor.for_account(account)
         self.session = transport.session_for(self.base_url)
+        self.session.headers.update(self.headers)
         # Everything but the path, body and signature is the same for every request of an
         # account: prepared once here, copied per request (see `_prepare`).
         self._template = self.session.prepare_request(requests.Request("GET", self.base_url))

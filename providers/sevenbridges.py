@@ -9,7 +9,7 @@ answers one item per id, each either a job or that id's own error.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 from requests import PreparedRequest
@@ -90,6 +90,9 @@ class SevenBridges(Provider):
     """What every Seven Bridges platform shares: auth, job reading, error bodies."""
 
     required_credentials = ("token",)
+    # The API documents list it as required on every request, a GET without a body included
+    # (the vendor's own client, sevenbridges-python, sends it on every request too).
+    headers: ClassVar[Mapping[str, str]] = {"Content-Type": "application/json"}
 
     def auth(self) -> AuthBase:
         return SevenBridgesAuth(self.require("token"))

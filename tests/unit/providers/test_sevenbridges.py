@@ -52,6 +52,25 @@ def frozen_clock(monkeypatch: pytest.MonkeyPatch) -> None:
 # -- BioData Catalyst ------------------------------------------------------------------------
 
 
+def _refuse_without_json_content_type(request: Any) -> tuple[int, dict[str, str], str]:
+    """Seed 002 lists `Content-type: application/json` as required on the GET."""
+    if request.headers.get("Content-Type") != "application/json":
+        error = {"status": 400, "code": 9000, "message": "Bad request", "more_info": ""}
+        return 400, {}, json.dumps(error)
+    if request.method == "GET":
+        return 200, {}, json.dumps(load("biodatacatalyst", "seed_completed"))
+    return 200, {}, json.dumps(load("cgc", "seed_bulk_completed"))
+
+
+@pytest.mark.parametrize("provider", ["biodatacatalyst", "cgc"])
+def test_every_request_says_its_content_type(http: responses.RequestsMock, provider: str) -> None:
+    http.add_callback(responses.GET, f"{BDC}/{DONE}", _refuse_without_json_content_type)
+    http.add_callback(responses.POST, CGC_URL, _refuse_without_json_content_type)
+    ids = [DONE] if provider == "biodatacatalyst" else SEED_IDS
+    answers = make(provider).fetch_many(ids)
+    assert [a.state for a in answers.values()] == ["completed"] * len(ids)  # type: ignore[union-attr]
+
+
 def test_bdc_seed_completed(http: responses.RequestsMock) -> None:
     seed = load("biodatacatalyst", "seed_completed")
     status = _bdc(http, seed)
