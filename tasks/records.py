@@ -103,8 +103,11 @@ def _operations(fields: dict[str, str]) -> dict[str, Any]:
     for name in ("redelivered_at", "refreshed_at"):
         if fields.get(name):
             out[name] = float(fields[name])
-    if fields.get("warning"):
-        out["warning"] = fields["warning"]
+    for name in ("warning", "callback_error"):  # a dead-lettered callback says why
+        if fields.get(name):
+            out[name] = fields[name]
+    if fields.get("callback_dead_at"):
+        out["callback_dead_at"] = float(fields["callback_dead_at"])
     return out
 
 

@@ -54,6 +54,9 @@ def test_a_poisoned_callback_is_dead_lettered_and_the_others_flow(
     record = store.get(bad) or {}
     assert record["callback_failures"] == "5"
     assert record["callback_error"].startswith("TypeError: takes_no_args()")
+    view = engine.get(bad) or {}  # what get_export and `status` show an operator
+    assert view["callback_error"] == record["callback_error"]
+    assert view["callback_dead_at"] == float(record["callback_dead_at"])
 
 
 def test_a_broker_outage_is_not_counted_against_the_callback(
