@@ -28,7 +28,7 @@ from requests.auth import AuthBase
 from export_poller.config.brokers import redact_url
 from export_poller.config.settings import AccountSettings, Settings
 from export_poller.providers import errors, transport
-from export_poller.providers.models import ExportStatus
+from export_poller.providers.models import ExportStatus, Outcome
 from export_poller.providers.redaction import Redactor
 
 log = logging.getLogger("export_poller.http")
@@ -40,7 +40,6 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS = 3
 _DOT_SEGMENTS = frozenset({".", ".."})
 
-Outcome = ExportStatus | errors.ProviderError
 _M = TypeVar("_M", bound=BaseModel)
 
 

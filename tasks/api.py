@@ -18,6 +18,7 @@ from typing import Any
 
 from export_poller import clock
 from export_poller.config.settings import AccountSettings, get_settings
+from export_poller.policy import ACTIVE_STATES
 from export_poller.providers import errors
 from export_poller.providers.models import ExportStatus
 from export_poller.providers.redaction import KOMBU_KEYS, Redactor, secret_forms
@@ -362,7 +363,7 @@ def _finished(tracking_id: str) -> dict[str, str]:
     fields = get_engine().store.get(tracking_id) if _plausible_id(tracking_id) else None
     if fields is None:
         raise UnknownTrackingId(f"unknown tracking id {tracking_id!r}")
-    if fields.get("state") in ("pending", "running"):
+    if fields.get("state") in ACTIVE_STATES:
         raise errors.ConfigurationError(
             f"export {tracking_id} is still {fields['state']}: it is polled, and its callback "
             "fires once it ends"
@@ -424,7 +425,7 @@ def stuck_reasons(record: Mapping[str, Any], now: float, periods: float = 3.0) -
     `periods` of its longest wait, a poll overdue past the sweep's rescue (no worker or beat?),
     or an account that is missing, held back, or whose credentials were refused."""
     settings = get_settings()
-    if record.get("state") not in ("pending", "running"):
+    if record.get("state") not in ACTIVE_STATES:
         return []
     reasons = []
     longest = settings.backoff_max  # progress-aware waits are capped by it too

@@ -27,7 +27,7 @@ from export_poller.config.settings import Settings
 from export_poller.guards import AccountGuard
 from export_poller.providers import errors
 from export_poller.providers.base import Budget, Provider
-from export_poller.providers.models import ExportStatus
+from export_poller.providers.models import ExportStatus, Outcome
 from export_poller.providers.registry import get_provider_class
 from export_poller.records import (
     compact_signature,
@@ -40,7 +40,6 @@ from export_poller.store import Claim, Store, Write
 
 log = logging.getLogger("export_poller.poll")
 
-Outcome = ExportStatus | errors.ProviderError
 T = TypeVar("T")
 _SWEEP_ROUNDS = 10  # batches per sweep: bounded, so one sweep never runs long
 _TRAIN_SPREAD = 1.0  # seconds between the first and last planned poll of one message

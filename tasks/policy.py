@@ -15,13 +15,12 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from export_poller.providers import errors
-from export_poller.providers.models import ExportStatus
+from export_poller.providers.models import ExportStatus, Outcome
 
 ACTIVE_STATES: frozenset[str] = frozenset({"pending", "running"})
 TERMINAL_STATES: frozenset[str] = frozenset({"completed", "failed", "timed_out", "cancelled"})
 FAILURE_STATES: frozenset[str] = frozenset({"failed", "timed_out"})
 
-Outcome = ExportStatus | errors.ProviderError
 T = TypeVar("T")
 
 

@@ -13,7 +13,7 @@ import responses
 
 from export_poller.config.settings import AccountSettings, Settings
 from export_poller.providers import base, errors
-from export_poller.providers.models import ExportStatus, StatusError
+from export_poller.providers.models import ExportStatus, Outcome, StatusError
 from export_poller.providers.sevenbridges import CGC, BioDataCatalyst
 from tests.unit.providers.helpers import ACCOUNT, SECRETS, assert_no_secret, load, make
 
@@ -38,7 +38,7 @@ def _bdc(http: responses.RequestsMock, body: Any, export_id: str = DONE) -> Expo
     return make("biodatacatalyst").fetch(export_id)
 
 
-def _cgc(http: responses.RequestsMock, body: Any, export_ids: list[str]) -> dict[str, base.Outcome]:
+def _cgc(http: responses.RequestsMock, body: Any, export_ids: list[str]) -> dict[str, Outcome]:
     http.add(responses.POST, CGC_URL, json=body)
     return make("cgc").fetch_many(export_ids)
 
