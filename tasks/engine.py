@@ -26,7 +26,8 @@ from export_poller.config.brokers import redact_text
 from export_poller.config.settings import Settings
 from export_poller.guards import AccountGuard
 from export_poller.providers import errors
-from export_poller.providers.base import Budget, Provider
+from export_poller.providers.answer import Answer, Budget
+from export_poller.providers.base import Provider
 from export_poller.providers.models import ExportStatus, Outcome
 from export_poller.providers.registry import get_provider_class
 from export_poller.records import (
@@ -53,9 +54,9 @@ _GATE_REFRESH = 0.25  # seconds a train trusts its last read of the account's ho
 _REQUEST_THREADS = 256
 SendPoll = Callable[[Sequence[tuple[str, str]], float], None]  # (tid, token) pairs, countdown
 SendCallback = Callable[[dict[str, Any], dict[str, Any]], None]
-# One request's answers, its error as a whole, the budget it stated, and the time its 429
-# holds the account until (0.0 if none).
-_Asked = tuple[dict[str, Outcome], errors.ProviderError | None, Budget | None, float]
+# One request's answer (its outcomes by tracking id) and the time its 429 holds the account
+# until (0.0 if none).
+_Asked = tuple[Answer, float]
 
 
 class ProviderPool:
@@ -475,17 +476,17 @@ class Engine:
             return self._pool
 
     def _ask_one(self, provider: Provider, account: str, chunk: list[Claim]) -> _Asked:
-        """One request and the budget its answer stated (kept per thread by the adapter).
+        """One request, its answer (the budget it stated included).
 
         A 429 holds the account fleet-wide the moment it is read, from the thread that read
         it: its wave's other answers may take a while yet, and every other train of the
         account must stop now, not when this wave is over."""
-        answers, whole = self._ask(provider, account, chunk)
-        waits, now = _stated_waits(answers.values()), clock.now()
+        answer = self._ask(provider, account, chunk)
+        waits, now = _stated_waits(answer.outcomes.values()), clock.now()
         until = now + max(waits) if waits else 0.0
         if waits and self.guard:
             self.guard.hold(account, until, now, reason="429")
-        return answers, whole, provider.last_budget(), until
+        return answer, until
 
     def _take(
         self,
@@ -498,7 +499,8 @@ class Engine:
         splits: list[tuple[list[Claim], _Bisect]],
     ) -> bool:
         """Read one answer of a wave; True if it timed out or failed to connect."""
-        answers, whole, budget, held = asked
+        answer, held = asked
+        answers, whole, budget = answer.outcomes, answer.error, answer.budget
         run.calls += 1
         run.calm = run.calm and _calm(answers, whole, budget, self.settings.train_parallel)
         if not isinstance(whole, errors.RateLimited):  # a 429 holds the account itself
@@ -630,27 +632,22 @@ class Engine:
             if tripped:
                 log.warning("breaker open account=%s", account)
 
-    def _ask(
-        self, provider: Provider, account: str, claims: list[Claim]
-    ) -> tuple[dict[str, Outcome], errors.ProviderError | None]:
-        """One request for these claims: an outcome per claim (never an exception), and the
-        error when the request failed as a whole."""
+    def _ask(self, provider: Provider, account: str, claims: list[Claim]) -> Answer:
+        """One request for these claims: its answer, with an outcome per claim's tracking id
+        (never an exception)."""
         ids = [c.fields["export_id"] for c in claims]
-        by_id: dict[str, Outcome]
-        whole: errors.ProviderError | None = None
         started = clock.now()
         try:
-            by_id = provider.fetch_many(ids)
-        except errors.ProviderError as exc:
-            whole = _bare(exc)
-            by_id = dict.fromkeys(ids, whole)
+            answer = provider.ask(ids)
         except Exception as exc:
             log.exception("adapter bug account=%s", account)
             whole = errors.BadResponse(f"adapter raised {type(exc).__name__}")
-            by_id = dict.fromkeys(ids, whole)
+            answer = Answer(dict.fromkeys(ids, whole), whole)
         self.request_seconds.observe(account, clock.now() - started)
+        by_id = answer.outcomes
         missing = errors.BadResponse(f"{provider.name} said nothing about this export")
-        return {c.tracking_id: by_id.get(c.fields["export_id"], missing) for c in claims}, whole
+        outcomes = {c.tracking_id: by_id.get(c.fields["export_id"], missing) for c in claims}
+        return Answer(outcomes, answer.error, answer.budget)
 
     def _settle(self, claims: list[Claim], outcomes: dict[str, Outcome]) -> dict[str, str]:
         """Commit every answer in one round trip, then fire callbacks and send follow-ups."""
@@ -898,13 +895,6 @@ def _calm(
     if whole is not None or (budget is not None and budget.remaining < 4 * wave):
         return False
     return not any(isinstance(o, errors.ProviderError) for o in answers.values())
-
-
-def _bare(exc: errors.ProviderError) -> errors.ProviderError:
-    """The error without its traceback and chain: kept per export until the commit, those would
-    hold the request's frames and body buffer in a cycle only the cyclic GC frees."""
-    exc.__traceback__ = exc.__cause__ = exc.__context__ = None
-    return exc
 
 
 def _chunks(items: list[T], size: int) -> Iterator[list[T]]:

@@ -8,7 +8,7 @@ import pytest
 from export_poller import policy
 from export_poller.engine import Engine
 from export_poller.providers import errors
-from export_poller.providers.base import Budget
+from export_poller.providers.answer import Budget
 from export_poller.providers.models import ExportStatus
 from tests.unit.conftest import Broker, Clock, ScriptedProvider
 from tests.unit.test_guards import make_engine, make_settings, one_train, track
