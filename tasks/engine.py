@@ -22,9 +22,9 @@ from typing import Any, TypeVar
 from kombu.exceptions import OperationalError as KombuOperationalError
 
 from export_poller import clock, policy
+from export_poller.account.guard import AccountGuard
 from export_poller.config.brokers import redact_text
 from export_poller.config.settings import Settings
-from export_poller.guards import AccountGuard
 from export_poller.providers import errors
 from export_poller.providers.answer import Answer, Budget
 from export_poller.providers.base import Provider

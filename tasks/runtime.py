@@ -15,11 +15,11 @@ from celery import signature
 from kombu import Connection, Producer
 from kombu.pools import producers
 
+from export_poller.account.guard import AccountGuard
 from export_poller.celery import app, broker_conf
 from export_poller.config.settings import get_settings
 from export_poller.connect import redis_client as store_client
 from export_poller.engine import Engine
-from export_poller.guards import AccountGuard
 from export_poller.store import Store
 
 log = logging.getLogger("export_poller.callbacks")

@@ -6,9 +6,9 @@ import fakeredis
 import pytest
 
 from export_poller import clock
+from export_poller.account.guard import AccountGuard
 from export_poller.config.settings import AccountSettings, Settings
 from export_poller.engine import Engine
-from export_poller.guards import AccountGuard
 from export_poller.providers import errors
 from export_poller.providers.models import ExportStatus
 from export_poller.store import Store

@@ -251,7 +251,7 @@ def test_a_429_from_a_provider_that_states_no_budget_paces_the_account(
 def test_the_pace_slots_are_shared_by_every_worker(
     redis_client: fakeredis.FakeRedis, fake_clock: Clock
 ) -> None:
-    from export_poller.guards import AccountGuard
+    from export_poller.account.guard import AccountGuard
 
     one, two = (AccountGuard(make_settings(), redis_client) for _ in range(2))
     now = fake_clock()
