@@ -13,7 +13,7 @@ import random
 import threading
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from kombu.exceptions import OperationalError as KombuOperationalError
 
 from export_poller import clock, policy
+from export_poller.account import rules
 from export_poller.account.guard import AccountGuard
 from export_poller.config.brokers import redact_text
 from export_poller.config.settings import Settings
@@ -138,19 +139,19 @@ def _split(
     run: _Run,
 ) -> list[tuple[list[Claim], _Bisect]] | None:
     """The two halves to ask next when a whole-request failure may be one id's fault."""
-    if whole is None or not policy.batch_suspect(whole):
+    if whole is None or not rules.batch_suspect(whole):
         return None
     if len(chunk) == 1:
         if group is not None:
             group.leaves.add(chunk[0].tracking_id)
         return None
     if group is None:
-        group = _Bisect(policy.bisect_budget(len(chunk)))
+        group = _Bisect(rules.bisect_budget(len(chunk)))
         run.groups.append(group)
     if group.budget < 2:
         return None
     group.budget -= 2
-    left, right = policy.halves(chunk)
+    left, right = rules.halves(chunk)
     return [(left, group), (right, group)]
 
 
@@ -376,7 +377,7 @@ class Engine:
         return states
 
     def _train_size(self, account: str, provider: Provider) -> int:
-        return policy.train_size(
+        return rules.train_size(
             self.request_seconds.get(account),
             budget=self.settings.train_seconds * self.settings.train_parallel,
             most=self.settings.train_max,
@@ -482,7 +483,7 @@ class Engine:
         it: its wave's other answers may take a while yet, and every other train of the
         account must stop now, not when this wave is over."""
         answer = self._ask(provider, account, chunk)
-        waits, now = _stated_waits(answer.outcomes.values()), clock.now()
+        waits, now = rules.stated_waits(answer.outcomes.values()), clock.now()
         until = now + max(waits) if waits else 0.0
         if waits and self.guard:
             self.guard.hold(account, until, now, reason="429")
@@ -502,7 +503,7 @@ class Engine:
         answer, held = asked
         answers, whole, budget = answer.outcomes, answer.error, answer.budget
         run.calls += 1
-        run.calm = run.calm and _calm(answers, whole, budget, self.settings.train_parallel)
+        run.calm = run.calm and rules.calm(answers, whole, budget, self.settings.train_parallel)
         if not isinstance(whole, errors.RateLimited):  # a 429 holds the account itself
             self._follow_budget(account, run, budget)
         split = _split(chunk, whole, group, run)
@@ -574,7 +575,7 @@ class Engine:
             group.requests.append(list(answers))
             group.answered = group.answered or whole is None
             return
-        if not any(policy.counts_as_failure(o) for o in answers.values()):
+        if not any(rules.counts_as_failure(o) for o in answers.values()):
             return
         run.must_check = True
         if self.guard:  # count a failure at once, with the answers before it
@@ -586,7 +587,7 @@ class Engine:
         """Hold the account before its stated budget runs out (every answer, split ones too)."""
         if budget is None:
             return
-        until = policy.budget_hold(budget.remaining, budget.limit, budget.reset_at, clock.now())
+        until = rules.budget_hold(budget.remaining, budget.limit, budget.reset_at, clock.now())
         if until is not None and until > run.hold_until:
             self._hold(account, run, until, "budget")
 
@@ -620,11 +621,11 @@ class Engine:
         failures = 0
         for group in run.groups:
             for tid in group.leaves:
-                outcomes[tid] = policy.isolate(outcomes[tid], neighbours_answered=group.answered)
+                outcomes[tid] = rules.isolate(outcomes[tid], neighbours_answered=group.answered)
                 if isinstance(outcomes[tid], errors.Poisoned):
                     log.warning("poison id isolated account=%s tracking_id=%s", account, tid)
             failures += sum(
-                any(policy.counts_as_failure(outcomes[tid]) for tid in request)
+                any(rules.counts_as_failure(outcomes[tid]) for tid in request)
                 for request in group.requests
             )
         if (run.calls or failures) and self.guard:
@@ -866,15 +867,6 @@ def _fields_for(decision: policy.Decision, ctx: policy.PollContext, now: float) 
     return fields
 
 
-def _stated_waits(outcomes: Iterable[Outcome]) -> list[float]:
-    """The waits a provider's 429s stated (our own holds, `Throttled`, are not its word)."""
-    return [
-        o.retry_after
-        for o in outcomes
-        if isinstance(o, errors.RateLimited) and not isinstance(o, errors.Throttled)
-    ]
-
-
 def _timed_out(claim: Claim) -> bool:
     """Whether the export's last request timed out (or failed to connect)."""
     return claim.fields.get("error_kind") == errors.TransportError.kind
@@ -882,19 +874,6 @@ def _timed_out(claim: Claim) -> bool:
 
 def _timed_out_before(chunk: list[Claim]) -> bool:
     return any(_timed_out(c) for c in chunk)
-
-
-def _calm(
-    answers: dict[str, Outcome],
-    whole: errors.ProviderError | None,
-    budget: Budget | None,
-    wave: int,
-) -> bool:
-    """An answer after which a train may send a whole wave: no error of the request, no
-    failure or 429 of an export, and a stated budget (if any) with room for a few waves."""
-    if whole is not None or (budget is not None and budget.remaining < 4 * wave):
-        return False
-    return not any(isinstance(o, errors.ProviderError) for o in answers.values())
 
 
 def _chunks(items: list[T], size: int) -> Iterator[list[T]]:

@@ -20,7 +20,7 @@ import redis
 from limits.storage import RedisStorage
 from limits.strategies import MovingWindowRateLimiter
 
-from export_poller import policy
+from export_poller.account import rules
 from export_poller.config.settings import Settings
 
 # Extend an account's hold only forward (two workers' 429s: the later time wins) and count it;
@@ -120,7 +120,7 @@ class AccountGuard:
 
     def take(self, account: str, now: float, rate: float) -> float | None:
         """One request's slot at the account's learned pace: None to go, or seconds to wait."""
-        args = [repr(now), repr(1.0 / rate), repr(policy.pace_tolerance(rate))]
+        args = [repr(now), repr(1.0 / rate), repr(rules.pace_tolerance(rate))]
         wait = _text(self._pace(keys=[f"{self.prefix}:{account}:tat"], args=args))
         return float(wait) if wait else None
 
@@ -133,10 +133,10 @@ class AccountGuard:
         old_calls, old_since, calls, since = cast(list[Any], self.r.mget(keys))
         first = old_since if old_calls is not None and old_since is not None else since
         total = int(old_calls or 0) + int(calls or 0)
-        sent = policy.sent_rate(total, float(first) if first is not None else now, now)
+        sent = rules.sent_rate(total, float(first) if first is not None else now, now)
         current = _pace(self.r.get(f"{base}:pace"), now)
-        rate = policy.slowed_rate(current, sent)
-        self.r.set(f"{base}:pace", f"{rate!r}|{now!r}", ex=int(policy.PACE_MEMORY))
+        rate = rules.slowed_rate(current, sent)
+        self.r.set(f"{base}:pace", f"{rate!r}|{now!r}", ex=int(rules.PACE_MEMORY))
         return rate
 
     def pace(self, account: str, now: float) -> float | None:
@@ -155,7 +155,7 @@ class AccountGuard:
                     self.metrics,
                     f"{self.prefix}:{account}:lim",
                 ],
-                args=[repr(until), keep_ms, field, int(policy.PACE_MEMORY)],
+                args=[repr(until), keep_ms, field, int(rules.PACE_MEMORY)],
             )
         )
 
@@ -180,7 +180,7 @@ class AccountGuard:
             pipe.expire(f"{base}:f:{window}", ttl)
             pipe.exists(f"{base}:trips")
             total, _, _, failed, _, tripped_before = pipe.execute()
-        if not policy.breaker_trips(
+        if not rules.breaker_trips(
             total, failed, min_calls=s.breaker_min_calls, ratio=s.breaker_ratio
         ):
             if tripped_before and total >= s.breaker_min_calls:
@@ -192,7 +192,7 @@ class AccountGuard:
         s = self.settings
         trips = int(cast(Any, self.r.incr(f"{base}:trips")))
         self.r.expire(f"{base}:trips", int(4 * s.breaker_max_cooldown))
-        cooldown = policy.breaker_cooldown(
+        cooldown = rules.breaker_cooldown(
             trips, base=s.breaker_cooldown, maximum=s.breaker_max_cooldown
         )
         self.r.set(f"{base}:open", repr(now + cooldown), px=int(cooldown * 1000))
@@ -218,4 +218,4 @@ def _pace(value: Any, now: float) -> float | None:
     if value is None:
         return None
     rate, _, since = _text(value).partition("|")
-    return policy.paced_rate(float(rate), float(since), now)
+    return rules.paced_rate(float(rate), float(since), now)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import fakeredis
 import pytest
 
-from export_poller import policy
+from export_poller.account import rules
 from export_poller.engine import Engine
 from export_poller.providers import errors
 from export_poller.providers.answer import Budget
@@ -114,7 +114,7 @@ def test_an_outage_costs_a_bounded_number_of_requests_and_trips_the_breaker(
 ) -> None:
     provider = PoisonBulk({f"e{i}" for i in range(100)}, errors.ServerError("502"))
     engine, tids = run(redis_client, provider, broker, 100)
-    assert len(provider.requests) <= 1 + policy.bisect_budget(100)
+    assert len(provider.requests) <= 1 + rules.bisect_budget(100)
     assert set(states(engine, tids)) == {"pending"}
     assert all((engine.get(t) or {})["error"]["kind"] == "server_error" for t in tids)
     assert engine.guard and engine.guard.state("scripted", fake_clock()) == "open"
@@ -208,21 +208,21 @@ def test_a_stated_budget_spent_holds_the_account_until_it_resets_without_a_429(
 
 
 def test_budget_arithmetic() -> None:
-    assert policy.budget_hold(2, 30, 110.0, 100.0) is None
-    assert policy.budget_hold(1, 30, 110.0, 100.0) == 110.0
-    assert policy.budget_hold(30, 1000, 400.0, 100.0) == 400.0  # 3% of a large budget
-    assert policy.budget_hold(0, None, 110.0, 100.0) == 110.0
-    assert policy.budget_hold(0, 30, 90.0, 100.0) is None  # already reset
+    assert rules.budget_hold(2, 30, 110.0, 100.0) is None
+    assert rules.budget_hold(1, 30, 110.0, 100.0) == 110.0
+    assert rules.budget_hold(30, 1000, 400.0, 100.0) == 400.0  # 3% of a large budget
+    assert rules.budget_hold(0, None, 110.0, 100.0) == 110.0
+    assert rules.budget_hold(0, 30, 90.0, 100.0) is None  # already reset
 
 
 def test_pace_arithmetic_decreases_on_a_429_and_recovers_gradually() -> None:
-    assert policy.slowed_rate(None, 4.0) == pytest.approx(2.8)  # 70% of what was sent
-    assert policy.slowed_rate(2.0, 4.0) == pytest.approx(1.4)  # or of the pace, if lower
-    assert policy.slowed_rate(None, 0.0) == policy.PACE_MIN
-    assert policy.paced_rate(2.8, 100.0, 100.0) == pytest.approx(2.8)
-    assert policy.paced_rate(2.8, 100.0, 110.0) == pytest.approx(2.8 * 1.4)  # +4% a second
-    assert policy.sent_rate(90, 990.0, 1035.0) == pytest.approx(2.0)
-    assert policy.sent_rate(30, 1035.0, 1035.2) == 30.0  # a first burst: at least a second
+    assert rules.slowed_rate(None, 4.0) == pytest.approx(2.8)  # 70% of what was sent
+    assert rules.slowed_rate(2.0, 4.0) == pytest.approx(1.4)  # or of the pace, if lower
+    assert rules.slowed_rate(None, 0.0) == rules.PACE_MIN
+    assert rules.paced_rate(2.8, 100.0, 100.0) == pytest.approx(2.8)
+    assert rules.paced_rate(2.8, 100.0, 110.0) == pytest.approx(2.8 * 1.4)  # +4% a second
+    assert rules.sent_rate(90, 990.0, 1035.0) == pytest.approx(2.0)
+    assert rules.sent_rate(30, 1035.0, 1035.2) == 30.0  # a first burst: at least a second
 
 
 def test_a_429_from_a_provider_that_states_no_budget_paces_the_account(
