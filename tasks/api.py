@@ -389,7 +389,7 @@ def redeliver_callback(tracking_id: str) -> dict[str, Any]:
         raise errors.ConfigurationError(f"export {tracking_id} has no {kind} callback: {why}")
     engine.store.note_finished(tracking_id, "redeliveries", {"redelivered_at": clock.now()})
     record = engine.get(tracking_id) or {}
-    engine.send_callback(full_signature(signature), record)
+    engine.outbox.fire(full_signature(signature), record)
     log.info("callback redelivered tracking_id=%s kind=%s", tracking_id, kind)
     return record
 

@@ -7,7 +7,7 @@ and the train runner apply these rules to what they read, and they are tested on
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TypeVar
 
 from export_poller.providers import errors
@@ -65,6 +65,12 @@ def bisect_budget(size: int) -> int:
     per level finds one poison id in O(log n), and the budget covers two; an outage that fails
     every half therefore costs a bounded number of requests, not 2n."""
     return 0 if size <= 1 else 4 * math.ceil(math.log2(size))
+
+
+def chunks(items: list[T], size: int) -> Iterator[list[T]]:
+    """Consecutive pieces of at most `size`: requests of a train, trains of a message."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def halves(items: Sequence[T]) -> tuple[list[T], list[T]]:

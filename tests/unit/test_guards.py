@@ -21,7 +21,11 @@ def make_settings(**kw: object) -> Settings:
 
 
 def make_engine(
-    settings: Settings, client: fakeredis.FakeRedis, provider: ScriptedProvider, broker: Broker
+    settings: Settings,
+    client: fakeredis.FakeRedis,
+    provider: ScriptedProvider,
+    broker: Broker,
+    rand: float = 0.0,
 ) -> Engine:
     return Engine(
         settings,
@@ -30,7 +34,7 @@ def make_engine(
         broker.send_callback,
         providers=FakePool(provider),  # type: ignore[arg-type]
         guard=AccountGuard(settings, client),
-        rand=lambda: 0.0,
+        rand=lambda: rand,
     )
 
 

@@ -177,8 +177,8 @@ def test_a_train_takes_no_export_along_before_its_stated_time(
 ) -> None:
     provider = ScriptedProvider()
     provider.script("x", errors.RateLimited("429", retry_after=2), "running")
-    engine = make_engine(make_settings(backoff_floor=5), redis_client, provider, broker)
-    engine.rand = lambda: 0.6  # the held export comes back 0.3 s after the hold ends
+    # rand 0.6: the held export comes back 0.3 s after the hold ends
+    engine = make_engine(make_settings(backoff_floor=5), redis_client, provider, broker, rand=0.6)
     x, a = track(engine, "x"), track(engine, "a")
     one_train(engine, broker)
     assert provider.calls == ["x"]
