@@ -402,7 +402,7 @@ def refresh_export(tracking_id: str, *, callback: bool = False) -> dict[str, Any
     fields = _finished(tracking_id)
     account, export_id = fields["account"], fields["export_id"]
     provider = engine.providers.get(account)
-    wait = engine.guard.admit(account, clock.now()) if engine.guard else None
+    wait = engine.guard.take_slot(account, clock.now()) if engine.guard else None
     if wait is not None:
         raise OperationFailed(f"account {account!r} is held back; try again in {wait:.0f}s")
     try:
@@ -455,6 +455,6 @@ def _account_reasons(record: Mapping[str, Any]) -> list[str]:
     if kind in ("throttled", "rate_limited"):
         return [f"account {account!r} is held back ({kind})"]
     guard = get_engine().guard
-    if guard is not None and guard.state(account, clock.now()) == "open":
+    if guard is not None and guard.breaker_state(account, clock.now()) == "open":
         return [f"account {account!r}: breaker open"]
     return []

@@ -193,7 +193,7 @@ class Engine:
             now=now,
             lease_until=lease_until,
             due_by=now + self.settings.backoff_floor,
-            limit=self.trains.train_size(account, provider) - len(claims),
+            limit=self.trains.size(account, provider) - len(claims),
         )
         # An export whose last request timed out may trickle again: its neighbours are asked
         # and settled first, so none of them waits on it or is held back when it times out.
@@ -208,14 +208,14 @@ class Engine:
         """Ask and settle one train; what its time left unasked is passed on in new trains."""
         if not claims:
             return {}
-        outcomes = self.trains.ask_train(provider, account, claims)
+        outcomes = self.trains.run(provider, account, claims)
         states = self.settler.settle([c for c in claims if c.tracking_id in outcomes], outcomes)
         unasked = [c for c in claims if c.tracking_id not in outcomes]
         if unasked:  # out of time: fan the rest out, in trains sized by what was measured
             self.store.release(unasked, rescue_at=clock.now() + self.settings.rescue_grace)
             pairs = [(c.tracking_id, c.fields["token"]) for c in unasked]
-            trains = rules.chunks(pairs, self.trains.train_size(account, provider))
-            self.settler.hand_off(account, [(train, 0.0) for train in trains])
+            trains = rules.chunks(pairs, self.trains.size(account, provider))
+            self.settler.send_or_park(account, [(train, 0.0) for train in trains])
         return states
 
 

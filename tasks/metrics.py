@@ -160,7 +160,7 @@ class PollerCollector(Collector):
         )
         guard, now = self.engine.guard, time.time()
         for account in sorted(self.engine.settings.accounts):
-            is_open = guard is not None and guard.state(account, now) == "open"
+            is_open = guard is not None and guard.breaker_state(account, now) == "open"
             gauge.add_metric([account], float(is_open))
         return gauge
 

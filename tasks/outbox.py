@@ -22,6 +22,7 @@ from export_poller.records import full_signature, public_view
 from export_poller.store import Store
 
 log = logging.getLogger("export_poller.poll")
+callbacks_log = logging.getLogger("export_poller.callbacks")
 # The caller's callback as a Celery signature (a dict) and the public record it is called with.
 FireCallback = Callable[[dict[str, Any], dict[str, Any]], None]
 
@@ -41,16 +42,17 @@ def callback_task_id(record: dict[str, Any]) -> str:
 
 def fire_callback(sig: dict[str, Any], record: dict[str, Any]) -> None:
     """Fire the caller's callback: send its signature, called with the record, to the broker
-    (publisher-confirmed on RabbitMQ). The one place a callback leaves this service."""
+    (publisher-confirmed on RabbitMQ). Every callback of a tracked export leaves from here,
+    redeliveries included; only a refused `exports.track` tells its on_failure elsewhere
+    (`jobs._refuse`: there is no record, and so no outbox, to dispatch it from)."""
     from celery import signature
 
     from export_poller.api import callback_warnings
     from export_poller.celery import app
     from export_poller.runtime import confirmed_producer
 
-    log_callbacks = logging.getLogger("export_poller.callbacks")
     for warning in callback_warnings(sig):  # said at track time too, and kept in the record
-        log_callbacks.warning("tracking_id=%s: %s", record.get("tracking_id"), warning)
+        callbacks_log.warning("tracking_id=%s: %s", record.get("tracking_id"), warning)
     with confirmed_producer() as producer:
         signature(sig, app=app).apply_async(
             (record,), task_id=callback_task_id(record), producer=producer
@@ -63,8 +65,9 @@ class Outbox:
     def __init__(self, settings: Settings, store: Store, fire: FireCallback) -> None:
         self.settings, self.store, self.fire = settings, store, fire
 
-    def dispatch(self, tid: str) -> bool:
-        """Send the callback of a finished export once; the outbox retries if we die first."""
+    def _fire_once(self, tid: str) -> bool:
+        """Claim the export's outbox entry, fire its callback, ack: the outbox retries if we
+        die in between."""
         now = clock.now()
         rec = self.store.claim_outbox(tid, now=now, retry_at=now + self.settings.rescue_grace)
         if rec is None:
@@ -87,11 +90,12 @@ class Outbox:
         log.info("callback tracking_id=%s state=%s sent=%s", tid, rec.get("state"), kind)
         return bool(signature)
 
-    def dispatch_safely(self, tid: str) -> bool:
-        """Dispatch without letting one callback hurt the others: a broker outage is retried
-        by the sweep as it is; any other failure counts towards the dead-letter set."""
+    def dispatch(self, tid: str) -> bool:
+        """Fire a finished export's callback once, without letting one callback hurt the
+        others: a broker outage is retried by the sweep as it is; any other failure counts
+        towards the dead-letter set. True if a callback fired."""
         try:
-            return self.dispatch(tid)
+            return self._fire_once(tid)
         except (OSError, KombuOperationalError):
             log.warning("callback dispatch failed; the sweep retries tracking_id=%s", tid)
             return False

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 from collections.abc import Iterator, Sequence
 from functools import cache
@@ -19,8 +18,6 @@ from export_poller.connect import redis_client as store_client
 from export_poller.engine import Engine
 from export_poller.outbox import fire_callback
 from export_poller.store import Store
-
-log = logging.getLogger("export_poller.callbacks")
 
 # Below this a countdown costs more (the worker's ETA timer) than the wait it buys.
 _MIN_COUNTDOWN = 0.05

@@ -32,7 +32,7 @@ class _Plan:
     write: Write
     decision: policy.Decision
     delay: float | None
-    handoff: bool
+    follow_up: bool  # its next poll is sent now (not left to the sweep: too far off)
 
 
 class Settler:
@@ -70,10 +70,10 @@ class Settler:
             _log_poll(plan)
             states[tid] = plan.decision.state
             if plan.decision.terminal:
-                self.outbox.dispatch_safely(tid)
-            elif plan.handoff:
+                self.outbox.dispatch(tid)
+            elif plan.follow_up:
                 follow.append(plan)
-        self._send_trains(follow)
+        self._send_follow_ups(follow)
         return states
 
     def _plan(self, claim: Claim, outcome: Outcome) -> _Plan:
@@ -95,9 +95,9 @@ class Settler:
             rand=self.rand,
         )
         delay = None if decision.next_poll_at is None else decision.next_poll_at - now
-        handoff = delay is not None and delay <= self.settings.enqueue_horizon
+        follow_up = delay is not None and delay <= self.settings.enqueue_horizon
         sched = decision.next_poll_at
-        if handoff and sched is not None:
+        if follow_up and sched is not None:
             sched += self.settings.rescue_grace
         said = outcome.state if isinstance(outcome, ExportStatus) else outcome.kind
         write = Write(
@@ -109,9 +109,9 @@ class Settler:
             sched,
             said,
         )
-        return _Plan(write, decision, delay, handoff)
+        return _Plan(write, decision, delay, follow_up)
 
-    def _send_trains(self, plans: list[_Plan]) -> None:
+    def _send_follow_ups(self, plans: list[_Plan]) -> None:
         """Follow-ups due within a second of each other leave as one message, at the earliest
         time of the group, or at the latest provider-stated time in it (never before that)."""
         if not plans:
@@ -123,9 +123,11 @@ class Settler:
             pairs = [(plans[i].write.claim.tracking_id, plans[i].write.new_token) for i in group]
             strict = [delays[i] for i in group if plans[i].decision.not_before is not None]
             messages.append((pairs, max([delays[group[0]], *strict])))
-        self.hand_off(plans[0].write.claim.fields["account"], messages)
+        self.send_or_park(plans[0].write.claim.fields["account"], messages)
 
-    def hand_off(self, account: str, messages: list[tuple[list[tuple[str, str]], float]]) -> None:
+    def send_or_park(
+        self, account: str, messages: list[tuple[list[tuple[str, str]], float]]
+    ) -> None:
         """Send one account's poll messages (pairs, countdown) the backlog bound admits, in one
         round trip; the rest are parked in the schedule at their time, for the fair sweep."""
         if not messages:

@@ -5,7 +5,6 @@ what is due, never with what is tracked."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from export_poller import clock, policy
@@ -15,10 +14,10 @@ from export_poller.account.train import TrainRunner
 from export_poller.config.settings import Settings
 from export_poller.outbox import Outbox
 from export_poller.providers import errors
+from export_poller.settle import SendPoll
 from export_poller.store import Store
 
 _SWEEP_ROUNDS = 10  # batches per sweep: bounded, so one sweep never runs long
-SendPoll = Callable[[Sequence[tuple[str, str]], float], None]  # (tid, token) pairs, countdown
 
 
 @dataclass
@@ -46,7 +45,7 @@ class Sweeper:
         expire overdue exports; drain the outbox: work ~ due items."""
         report = SweepReport()
         now, s = clock.now(), self.settings
-        self._sweep_fair(now, report)
+        self._send_fair_shares(now, report)
         for _ in range(_SWEEP_ROUNDS):
             expired = self.store.due(now, now + s.rescue_grace, s.sweep_batch, s.rescue_grace)
             for tid in expired:
@@ -54,15 +53,15 @@ class Sweeper:
             if len(expired) < s.sweep_batch:
                 break
         for tid in self.store.outbox_due(now, s.sweep_batch):
-            report.callbacks += int(self.outbox.dispatch_safely(tid))
+            report.callbacks += int(self.outbox.dispatch(tid))
         return report
 
-    def _sweep_fair(self, now: float, report: SweepReport) -> None:
+    def _send_fair_shares(self, now: float, report: SweepReport) -> None:
         """Fill the broker's free room (POLLER_BACKLOG_MAX less the ready messages) with due
         polls, each account getting its max-min fair share and served in turn."""
         s = self.settings
         ready, accounts = self.store.share_state(now, s.rescue_grace)
-        sizes = {a: self._sweep_train(a) for a in accounts}
+        sizes = {a: self._train_size(a) for a in accounts}
         demand = {a: math.ceil(due / sizes[a]) for a, (due, _) in accounts.items()}
         room = min(s.backlog_max - ready, s.sweep_batch)
         shares = policy.fair_shares(room, demand, {a: r for a, (_, r) in accounts.items()})
@@ -80,11 +79,11 @@ class Sweeper:
             self.send_poll(train, 0.0)
         report.enqueued += len(taken)
 
-    def _sweep_train(self, account: str) -> int:
+    def _train_size(self, account: str) -> int:
         """Exports per sweep message: the train this worker measured for the account (one
         request unmeasured: the poll takes the account's other due exports along anyway)."""
         try:
-            return self.trains.train_size(account, self.providers.get(account))
+            return self.trains.size(account, self.providers.get(account))
         except errors.ConfigurationError:
             return 1
 

@@ -18,7 +18,7 @@ from export_poller.store import Store
 class Views:
     def __init__(self, settings: Settings, store: Store, guard: AccountGuard | None) -> None:
         self.settings, self.store, self.guard = settings, store, guard
-        self._gate_views: dict[str, tuple[float, float | None, float | None]] = {}
+        self._holds_and_paces: dict[str, tuple[float, float | None, float | None]] = {}
         self._lag_view: tuple[float, dict[str, float]] = (float("-inf"), {})
 
     def get(self, tid: str) -> dict[str, Any] | None:
@@ -28,7 +28,9 @@ class Views:
             return None
         view = public_view(tid, fields)
         if self.guard is not None and view["state"] in policy.ACTIVE_STATES:
-            view["account_held_until"], view["account_pace"] = self._account_gate(fields["account"])
+            view["account_held_until"], view["account_pace"] = self._hold_and_pace(
+                fields["account"]
+            )
         if view["state"] in policy.ACTIVE_STATES:
             view["account_lag"] = self._lags().get(fields["account"])
         return view
@@ -50,13 +52,13 @@ class Views:
             "lag": self.store.account_lags(),
         }
 
-    def _account_gate(self, account: str) -> tuple[float | None, float | None]:
+    def _hold_and_pace(self, account: str) -> tuple[float | None, float | None]:
         """An account's hold and pace for views, read at most once a second per account (a
         `list` of many exports must not read them once per export)."""
         now = clock.now()
-        cached = self._gate_views.get(account)
+        cached = self._holds_and_paces.get(account)
         if cached is None or cached[0] <= now or self.guard is None:
             held = self.guard.held_until(account, now) if self.guard else None
             pace = self.guard.pace(account, now) if self.guard else None
-            cached = self._gate_views[account] = (now + 1.0, held, pace)
+            cached = self._holds_and_paces[account] = (now + 1.0, held, pace)
         return cached[1], cached[2]

@@ -19,7 +19,7 @@ log = logging.getLogger("export_poller.poll")
 
 
 @dataclass
-class Bisect:
+class Bisection:
     """One failed bulk request being split: its budget of extra requests, the ids of each of
     its parts that was not split further, the ids asked alone after a failure (the suspects),
     and whether any part was answered (the provider is up, so a suspect is the poison)."""
@@ -33,9 +33,9 @@ class Bisect:
 def split(
     chunk: list[Claim],
     whole: errors.ProviderError | None,
-    group: Bisect | None,
-    groups: list[Bisect],
-) -> list[tuple[list[Claim], Bisect]] | None:
+    group: Bisection | None,
+    groups: list[Bisection],
+) -> list[tuple[list[Claim], Bisection]] | None:
     """The two halves to ask next when a whole-request failure may be one id's fault."""
     if whole is None or not rules.batch_suspect(whole):
         return None
@@ -44,7 +44,7 @@ def split(
             group.leaves.add(chunk[0].tracking_id)
         return None
     if group is None:
-        group = Bisect(rules.bisect_budget(len(chunk)))
+        group = Bisection(rules.bisect_budget(len(chunk)))
         groups.append(group)
     if group.budget < 2:
         return None
@@ -53,13 +53,13 @@ def split(
     return [(left, group), (right, group)]
 
 
-def note(group: Bisect, answers: dict[str, Outcome], whole: errors.ProviderError | None) -> None:
+def note(group: Bisection, answers: dict[str, Outcome], whole: errors.ProviderError | None) -> None:
     """A part's answer, counted when its bisection is over, when we know what it was."""
     group.requests.append(list(answers))
     group.answered = group.answered or whole is None
 
 
-def close(account: str, groups: list[Bisect], outcomes: dict[str, Outcome]) -> int:
+def conclude(account: str, groups: list[Bisection], outcomes: dict[str, Outcome]) -> int:
     """Settle what bisecting found; returns the breaker failures among its requests (a
     poison id found alone is its export's refusal, not a failure)."""
     failures = 0

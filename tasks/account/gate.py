@@ -22,10 +22,12 @@ from export_poller.store import Claim
 log = logging.getLogger("export_poller.poll")
 
 _GATE_REFRESH = 0.25  # seconds a train trusts its last read of the account's hold and breaker
+_AFTER_TIMEOUT = "held back: a request just timed out or failed to connect"
+_HELD = "is held back (a provider's rate limit, its pace or an open breaker)"
 
 
 class AccountGate:
-    """One train's view of its account's gate, and its breaker tally."""
+    """One train's view of its account's gate, the holds it writes, and its breaker tally."""
 
     def __init__(
         self,
@@ -40,15 +42,15 @@ class AccountGate:
         self.must_check = True
         self.hold_until = 0.0
         self.pace: float | None = None
-        self.limited = False
+        self.held_lately = False
         self.slowed = False  # this wave's 429s already slowed the account's pace (once a wave)
 
     @property
     def steady(self) -> bool:
         """Neither paced nor held lately: a train may send whole waves."""
-        return not self.limited and self.pace is None
+        return not self.held_lately and self.pace is None
 
-    def gate(self) -> float | None:
+    def wait(self) -> float | None:
         """Seconds the account must wait before the next request, or None to go.
 
         The shared hold and breaker are read at the start of a train, after a failure and
@@ -61,50 +63,34 @@ class AccountGate:
             return self.hold_until - now
         if self.guard is None:
             return None
-        if self.must_check or self.limited or now - self.checked_at >= _GATE_REFRESH:
+        if self.must_check or self.held_lately or now - self.checked_at >= _GATE_REFRESH:
             self.checked_at, self.must_check = now, False
-            gate = self.guard.check(self.account, now)
-            self.pace, self.limited = gate.pace, gate.limited
-            if gate.wait is not None:
-                return gate.wait
+            reading = self.guard.read(self.account, now)
+            self.pace, self.held_lately = reading.pace, reading.held_lately
+            if reading.wait is not None:
+                return reading.wait
         if self.pace is not None:  # learned from 429s: one slot per request, fleet-wide
-            wait = self.guard.take(self.account, now, self.pace)
+            wait = self.guard.take_pace_slot(self.account, now, self.pace)
             if wait is not None:
                 return wait
-        return self.guard.admit(self.account, now, breaker=False)
+        return self.guard.take_rate_slot(self.account, now)
 
-    def hold_rest(self, claims: list[Claim], outcomes: dict[str, Outcome]) -> dict[str, Outcome]:
-        """After a request that timed out or failed to connect, the rest of the train waits a
-        backoff step instead of queueing behind the same slow provider, thread after thread."""
-        held = errors.Throttled(
-            f"account {self.account!r} held back: a request just timed out or failed to connect",
-            retry_after=self.settings.backoff_initial + self.rand() * 0.5,
+    def throttle(
+        self, claims: list[Claim], outcomes: dict[str, Outcome], wait: float | None
+    ) -> dict[str, Outcome]:
+        """The train's exports not asked yet, throttled: they wait with the account, `wait`
+        seconds as the gate said (a hold, the pace, an open breaker), plus up to half a second
+        so they do not all come back at once. No `wait`: a request just timed out or failed to
+        connect, and the rest waits a backoff step instead of queueing behind the same slow
+        provider, thread after thread."""
+        if wait is None:
+            wait, why = self.settings.backoff_initial, _AFTER_TIMEOUT
+        else:
+            why = _HELD
+        throttled = errors.Throttled(
+            f"account {self.account!r} {why}", retry_after=wait + self.rand() * 0.5
         )
-        return {c.tracking_id: held for c in claims if c.tracking_id not in outcomes}
-
-    def held(self, wait: float) -> errors.Throttled:
-        return errors.Throttled(
-            f"account {self.account!r} is held back (a provider's rate limit, its pace or an "
-            "open breaker)",
-            retry_after=wait + self.rand() * 0.5,
-        )
-
-    def count(self, answers: dict[str, Outcome]) -> None:
-        """Count a failure toward the breaker at once, with the answers before it."""
-        if not any(rules.counts_as_failure(o) for o in answers.values()):
-            return
-        self.must_check = True
-        if self.guard:
-            if self.guard.record(self.account, clock.now(), calls=self.calls, failures=1):
-                log.warning("breaker open account=%s", self.account)
-            self.calls = 0
-
-    def close(self, failures: int) -> None:
-        """Count the train's remaining answers (and what bisecting found) toward the breaker."""
-        if (self.calls or failures) and self.guard:
-            now = clock.now()
-            if self.guard.record(self.account, now, calls=self.calls, failures=failures):
-                log.warning("breaker open account=%s", self.account)
+        return {c.tracking_id: throttled for c in claims if c.tracking_id not in outcomes}
 
     def follow_budget(self, budget: Budget | None) -> None:
         """Hold the account before its stated budget runs out (every answer, split ones too)."""
@@ -112,30 +98,46 @@ class AccountGate:
             return
         until = rules.budget_hold(budget.remaining, budget.limit, budget.reset_at, clock.now())
         if until is not None and until > self.hold_until:
-            self._hold(until, "budget")
+            self.hold(until, "budget")
 
-    def maybe_hold(self, held: float, *, stated: bool) -> None:
+    def follow_429(self, until: float, *, stated: bool) -> None:
         """A provider's 429 speaks for the whole account: every worker waits until its time
-        (`held`, written when the answer was read; 0.0 for no 429). Where the provider
-        states no budget, the 429 also slows the account's pace."""
-        if not held:
+        (`until`, held fleet-wide by the request's own thread when it read the answer; 0.0 for
+        no 429). Where the provider states no budget, the 429 also slows the account's pace."""
+        if not until:
             return
-        self._note_hold(held, "429")  # the fleet-wide hold is written already
+        self.hold(until, "429", written=True)
         if not stated and self.guard and not self.slowed:
             self.slowed = True
             self.pace = self.guard.slow_down(self.account, clock.now())
             log.warning("account paced account=%s rate=%.2f/s", self.account, self.pace)
 
-    def _hold(self, until: float, reason: str) -> None:
-        self._note_hold(until, reason)
-        if self.guard:
-            self.guard.hold(self.account, self.hold_until, clock.now(), reason=reason)
-
-    def _note_hold(self, until: float, reason: str) -> None:
-        """This train's own view of a hold, and the log line an operator reads."""
+    def hold(self, until: float, reason: str, *, written: bool = False) -> None:
+        """Hold the account until `until`: this train at once, every worker through the guard
+        (unless the hold is `written` there already), and the log line an operator reads.
+        `reason` is "429" (the provider said so) or "budget" (its stated budget is spent)."""
         self.hold_until = max(self.hold_until, until)
         level = logging.WARNING if reason == "429" else logging.INFO
         seconds = until - clock.now()
         log.log(
             level, "account held account=%s reason=%s seconds=%.1f", self.account, reason, seconds
         )
+        if not written and self.guard:
+            self.guard.hold(self.account, self.hold_until, clock.now(), reason=reason)
+
+    def count_failures(self, answers: dict[str, Outcome]) -> None:
+        """Count a failure toward the breaker at once, with the answers before it."""
+        if not any(rules.counts_as_failure(o) for o in answers.values()):
+            return
+        self.must_check = True
+        if self.guard:
+            if self.guard.count_answers(self.account, clock.now(), calls=self.calls, failures=1):
+                log.warning("breaker open account=%s", self.account)
+            self.calls = 0
+
+    def close(self, failures: int) -> None:
+        """Count the train's remaining answers (and what bisecting found) toward the breaker."""
+        if (self.calls or failures) and self.guard:
+            now = clock.now()
+            if self.guard.count_answers(self.account, now, calls=self.calls, failures=failures):
+                log.warning("breaker open account=%s", self.account)

@@ -86,32 +86,23 @@ class RequestPool:
         process's request threads."""
         if not wave:
             return []
-        ask = partial(self.ask_one, provider, account)
-        others = [self._helpers().submit(ask, chunk) for chunk, _ in wave[1:]]
+        ask = partial(self.ask, provider, account)
+        others = [self._threads().submit(ask, chunk) for chunk, _ in wave[1:]]
         return [ask(wave[0][0]), *(future.result() for future in others)]
 
-    def _helpers(self) -> ThreadPoolExecutor:
+    def _threads(self) -> ThreadPoolExecutor:
         with self._lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(_REQUEST_THREADS, thread_name_prefix="request")
             return self._pool
 
-    def ask_one(self, provider: Provider, account: str, chunk: list[Claim]) -> Asked:
-        """One request, its answer (the budget it stated included).
+    def ask(self, provider: Provider, account: str, claims: list[Claim]) -> Asked:
+        """One request for these claims: its answer, with an outcome per claim's tracking id
+        (never an exception) and the budget it stated.
 
         A 429 holds the account fleet-wide the moment it is read, from the thread that read
         it: its wave's other answers may take a while yet, and every other train of the
         account must stop now, not when this wave is over."""
-        answer = self._ask(provider, account, chunk)
-        waits, now = rules.stated_waits(answer.outcomes.values()), clock.now()
-        until = now + max(waits) if waits else 0.0
-        if waits and self.guard:
-            self.guard.hold(account, until, now, reason="429")
-        return answer, until
-
-    def _ask(self, provider: Provider, account: str, claims: list[Claim]) -> Answer:
-        """One request for these claims: its answer, with an outcome per claim's tracking id
-        (never an exception)."""
         ids = [c.fields["export_id"] for c in claims]
         started = clock.now()
         try:
@@ -120,8 +111,13 @@ class RequestPool:
             log.exception("adapter bug account=%s", account)
             whole = errors.BadResponse(f"adapter raised {type(exc).__name__}")
             answer = Answer(dict.fromkeys(ids, whole), whole)
-        self.times.observe(account, clock.now() - started)
+        now = clock.now()
+        self.times.observe(account, now - started)
         by_id = answer.outcomes
         missing = errors.BadResponse(f"{provider.name} said nothing about this export")
         outcomes = {c.tracking_id: by_id.get(c.fields["export_id"], missing) for c in claims}
-        return Answer(outcomes, answer.error, answer.budget)
+        waits = rules.stated_waits(outcomes.values())
+        until = now + max(waits) if waits else 0.0
+        if waits and self.guard:
+            self.guard.hold(account, until, now, reason="429")
+        return Answer(outcomes, answer.error, answer.budget), until

@@ -23,16 +23,16 @@ from export_poller.providers.models import Outcome
 from export_poller.store import Claim
 
 # A request to send: its claims, and the bisection it is part of (None: not split).
-Chunk = tuple[list[Claim], bisect.Bisect | None]
+Chunk = tuple[list[Claim], bisect.Bisection | None]
 
 
 @dataclass
-class _Run:
+class _Train:
     """One train's requests: what it knows of the account's gate, and its bisections."""
 
     gate: AccountGate
     calm: bool  # the last wave was answered in full, far from any stated budget
-    groups: list[bisect.Bisect] = field(default_factory=list)
+    groups: list[bisect.Bisection] = field(default_factory=list)
 
 
 class TrainRunner:
@@ -46,7 +46,8 @@ class TrainRunner:
         self.requests = RequestPool(guard)
         self._calm: dict[str, bool] = {}  # per account: did its last train end calm?
 
-    def train_size(self, account: str, provider: Provider) -> int:
+    def size(self, account: str, provider: Provider) -> int:
+        """Exports per train: as many requests as fit the train's time, as measured here."""
         return rules.train_size(
             self.requests.times.get(account),
             budget=self.settings.train_seconds * self.settings.train_parallel,
@@ -54,9 +55,7 @@ class TrainRunner:
             batch_size=provider.batch_size,
         )
 
-    def ask_train(
-        self, provider: Provider, account: str, claims: list[Claim]
-    ) -> dict[str, Outcome]:
+    def run(self, provider: Provider, account: str, claims: list[Claim]) -> dict[str, Outcome]:
         """Requests of `batch_size`, up to POLLER_TRAIN_PARALLEL of them in flight together (a
         wave), until the train's time is up; once the account is held back (hold, pace, open
         breaker) the rest of the train waits with it. Every request passes the account's gate
@@ -70,35 +69,31 @@ class TrainRunner:
         started = clock.now()
         outcomes: dict[str, Outcome] = {}
         gate = AccountGate(account, self.guard, self.settings, self.rand)
-        run = _Run(gate, calm=self._calm.get(account, False))  # as its last train ended
+        train = _Train(gate, calm=self._calm.get(account, False))  # as its last train ended
         queue: deque[Chunk] = deque(
             (chunk, None) for chunk in rules.chunks(claims, provider.batch_size)
         )
         while queue:
-            wave, wait = self._wave(run, queue, started, bool(outcomes))
+            wave, wait = self._next_wave(train, queue, started, bool(outcomes))
             splits: list[Chunk] = []
-            cut, run.calm, gate.slowed = False, True, False
+            cut, train.calm, gate.slowed = False, True, False
             answers = self.requests.send_wave(provider, account, wave)
             for (chunk, group), asked in zip(wave, answers, strict=True):
-                cut = self._take(run, chunk, group, asked, outcomes, splits) or cut
+                cut = self._read(train, chunk, group, asked, outcomes, splits) or cut
             queue.extendleft(reversed(splits))
-            if cut:
-                outcomes |= gate.hold_rest(claims, outcomes)
-                break
-            if wait is not None:
-                rest = [c.tracking_id for c in claims if c.tracking_id not in outcomes]
-                outcomes |= dict.fromkeys(rest, gate.held(wait))
+            if cut or wait is not None:  # the rest of the train waits with the account
+                outcomes |= gate.throttle(claims, outcomes, None if cut else wait)
                 break
             if not wave:
                 break
-        self._calm[account] = run.calm and gate.steady
-        gate.close(bisect.close(account, run.groups, outcomes))
+        self._calm[account] = train.calm and gate.steady
+        gate.close(bisect.conclude(account, train.groups, outcomes))
         return outcomes
 
-    def _wave(
-        self, run: _Run, queue: deque[Chunk], started: float, answered: bool
+    def _next_wave(
+        self, train: _Train, queue: deque[Chunk], started: float, answered: bool
     ) -> tuple[list[Chunk], float | None]:
-        """The requests to send together next, each admitted by the gate; and the wait, if the
+        """The requests to send together next, each let through by the gate; and the wait, if the
         gate held the account back. Empty with no wait: the train's time is up.
 
         A wave is one request wide until an answer came back calm (the first request of an
@@ -106,17 +101,17 @@ class TrainRunner:
         starts as the account's last one ended), and while the account is paced or was held
         lately: there a train asks one request after another, as before."""
         wave: list[Chunk] = []
-        width = self.settings.train_parallel if run.calm and run.gate.steady else 1
+        width = self.settings.train_parallel if train.calm and train.gate.steady else 1
         # A wave's requests leave together: before each, read the account's shared hold, so a
         # 429 another worker (or thread) just met stops this train too, not only its next wave.
-        run.gate.must_check = run.gate.must_check or width > 1
+        train.gate.must_check = train.gate.must_check or width > 1
         while queue and len(wave) < width:
             chunk, group = queue[0]
             late = clock.now() - started > self.settings.train_seconds
             suspect = _timed_out_before(chunk)
             if (group is None and (answered or wave) and late) or (suspect and wave):
                 break
-            wait = run.gate.gate()
+            wait = train.gate.wait()
             if wait is not None:
                 return wave, wait
             wave.append(queue.popleft())
@@ -124,34 +119,32 @@ class TrainRunner:
                 break
         return wave, None
 
-    def _take(
+    def _read(
         self,
-        run: _Run,
+        train: _Train,
         chunk: list[Claim],
-        group: bisect.Bisect | None,
+        group: bisect.Bisection | None,
         asked: Asked,
         outcomes: dict[str, Outcome],
         splits: list[Chunk],
     ) -> bool:
         """Read one answer of a wave; True if it timed out or failed to connect."""
         answer, held = asked
-        answers, whole, budget, gate = answer.outcomes, answer.error, answer.budget, run.gate
+        answers, whole, budget, gate = answer.outcomes, answer.error, answer.budget, train.gate
         gate.calls += 1
-        run.calm = run.calm and rules.calm(answers, whole, budget, self.settings.train_parallel)
+        train.calm = train.calm and rules.calm(answers, whole, budget, self.settings.train_parallel)
         if not isinstance(whole, errors.RateLimited):  # a 429 holds the account itself
             gate.follow_budget(budget)
-        split = bisect.split(chunk, whole, group, run.groups)
+        split = bisect.split(chunk, whole, group, train.groups)
         if split:
             splits.extend(split)
             return False
         outcomes |= answers
-        # Hold the account on a 429 (until `held`, as the request's thread did); count the
-        # answer toward the breaker.
-        gate.maybe_hold(held, stated=budget is not None)
-        if group is not None:
+        gate.follow_429(held, stated=budget is not None)
+        if group is not None:  # counted toward the breaker once its bisection is over
             bisect.note(group, answers, whole)
         else:
-            gate.count(answers)
+            gate.count_failures(answers)
         return any(isinstance(o, errors.TransportError) for o in answers.values())
 
 

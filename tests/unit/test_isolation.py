@@ -74,7 +74,7 @@ def test_a_poison_id_is_found_by_bisecting_and_its_neighbours_complete(
     assert ["e37"] in provider.requests
     record = engine.get(tids[37]) or {}
     assert record["error"]["kind"] in ("poisoned", "rejected", "not_found")
-    assert engine.guard and engine.guard.state("scripted", fake_clock()) == "closed"
+    assert engine.guard and engine.guard.breaker_state("scripted", fake_clock()) == "closed"
 
 
 def test_the_poison_id_fails_alone_after_the_usual_confirmations(
@@ -117,7 +117,7 @@ def test_an_outage_costs_a_bounded_number_of_requests_and_trips_the_breaker(
     assert len(provider.requests) <= 1 + rules.bisect_budget(100)
     assert set(states(engine, tids)) == {"pending"}
     assert all((engine.get(t) or {})["error"]["kind"] == "server_error" for t in tids)
-    assert engine.guard and engine.guard.state("scripted", fake_clock()) == "open"
+    assert engine.guard and engine.guard.breaker_state("scripted", fake_clock()) == "open"
 
 
 def test_a_429_holds_the_whole_account_fleet_wide_until_its_stated_time(
@@ -232,8 +232,8 @@ def test_a_429_from_a_provider_that_states_no_budget_paces_the_account(
     provider.script("e0", errors.RateLimited("429", retry_after=2), "running")
     engine = make_engine(make_settings(), redis_client, provider, broker)
     assert engine.guard
-    engine.guard.record("scripted", fake_clock() - 30, calls=30)  # 60 in 30 s: 2/s were sent
-    engine.guard.record("scripted", fake_clock(), calls=30)
+    engine.guard.count_answers("scripted", fake_clock() - 30, calls=30)  # 60 in 30 s: 2/s were sent
+    engine.guard.count_answers("scripted", fake_clock(), calls=30)
     engine.guard.slow_down("scripted", fake_clock())
     rate = engine.guard.pace("scripted", fake_clock())
     assert rate == pytest.approx(1.4)
@@ -255,11 +255,11 @@ def test_the_pace_slots_are_shared_by_every_worker(
 
     one, two = (AccountGuard(make_settings(), redis_client) for _ in range(2))
     now = fake_clock()
-    granted = [g.take("scripted", now, 2.0) is None for g in (one, two, one, two)]
+    granted = [g.take_pace_slot("scripted", now, 2.0) is None for g in (one, two, one, two)]
     assert granted == [True, True, True, False]  # 1 s of tolerance at 2/s, then spaced
-    wait = two.take("scripted", now, 2.0)
+    wait = two.take_pace_slot("scripted", now, 2.0)
     assert wait is not None and wait == pytest.approx(0.5)
-    assert one.take("scripted", now + 0.5, 2.0) is None
+    assert one.take_pace_slot("scripted", now + 0.5, 2.0) is None
 
 
 def test_the_table_shows_a_held_account_instead_of_a_countdown() -> None:
