@@ -134,7 +134,7 @@ class Engine:
         the first (its new state, or why the message was dropped: stale, busy, done...).
 
         A message names one export or a train of one account's exports. The run takes the
-        account's other due exports along, up to what fits its time budget, so a fleet sends
+        account's other due exports along, up to what fits in its time, so a fleet sends
         one message per train instead of one per poll; every export still has its own claim,
         commit and callback.
         """

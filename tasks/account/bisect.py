@@ -2,7 +2,7 @@
 
 A bulk request that fails as a whole in a way one id could cause is split: its halves are asked
 at once (they are not cut short by the train's time), so a poison id ends up alone and its
-neighbours get their answers in O(log n) extra requests, within a bounded budget of them.
+neighbours get their answers in O(log n) extra requests, within a bounded allowance of them.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ log = logging.getLogger("export_poller.poll")
 
 @dataclass
 class Bisection:
-    """One failed bulk request being split: its budget of extra requests, the ids of each of
+    """One failed bulk request being split: its allowance of extra requests, the ids of each of
     its parts that was not split further, the ids asked alone after a failure (the suspects),
     and whether any part was answered (the provider is up, so a suspect is the poison)."""
 
-    budget: int
+    allowance: int
     requests: list[list[str]] = field(default_factory=list)
     leaves: set[str] = field(default_factory=set)
     answered: bool = False
@@ -44,11 +44,11 @@ def split(
             group.leaves.add(chunk[0].tracking_id)
         return None
     if group is None:
-        group = Bisection(rules.bisect_budget(len(chunk)))
+        group = Bisection(rules.bisect_allowance(len(chunk)))
         groups.append(group)
-    if group.budget < 2:
+    if group.allowance < 2:
         return None
-    group.budget -= 2
+    group.allowance -= 2
     left, right = rules.halves(chunk)
     return [(left, group), (right, group)]
 

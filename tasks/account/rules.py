@@ -34,15 +34,15 @@ def breaker_cooldown(trips: int, *, base: float, maximum: float) -> float:
 
 
 def train_size(
-    seconds_per_request: float | None, *, budget: float, most: int, batch_size: int
+    seconds_per_request: float | None, *, seconds: float, most: int, batch_size: int
 ) -> int:
-    """How many exports one poll task takes on: as many requests as fit its time budget.
+    """How many exports one poll task takes on: as many requests as fit in `seconds`.
 
     One message per export costs the broker and the worker more than a fast provider's answer,
     so polls of one account ride together; a slow provider gets short trains so due exports
     are not left queueing behind each other. Unmeasured, a train is one request.
     """
-    fits = 1 if seconds_per_request is None else int(budget / max(seconds_per_request, 1e-6))
+    fits = 1 if seconds_per_request is None else int(seconds / max(seconds_per_request, 1e-6))
     return min(max(1, min(fits, most)) * batch_size, max(most, batch_size))
 
 
@@ -60,9 +60,9 @@ def batch_suspect(exc: errors.ProviderError) -> bool:
     return isinstance(exc, errors.Refused | errors.ServerError | errors.BadResponse)
 
 
-def bisect_budget(size: int) -> int:
+def bisect_allowance(size: int) -> int:
     """Extra requests a failed bulk request of `size` ids may cost while it is bisected: two
-    per level finds one poison id in O(log n), and the budget covers two; an outage that fails
+    per level finds one poison id in O(log n), and the allowance covers two; an outage that fails
     every half therefore costs a bounded number of requests, not 2n."""
     return 0 if size <= 1 else 4 * math.ceil(math.log2(size))
 

@@ -50,7 +50,7 @@ class TrainRunner:
         """Exports per train: as many requests as fit the train's time, as measured here."""
         return rules.train_size(
             self.requests.times.get(account),
-            budget=self.settings.train_seconds * self.settings.train_parallel,
+            seconds=self.settings.train_seconds * self.settings.train_parallel,
             most=self.settings.train_max,
             batch_size=provider.batch_size,
         )

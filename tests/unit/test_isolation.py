@@ -114,7 +114,7 @@ def test_an_outage_costs_a_bounded_number_of_requests_and_trips_the_breaker(
 ) -> None:
     provider = PoisonBulk({f"e{i}" for i in range(100)}, errors.ServerError("502"))
     engine, tids = run(redis_client, provider, broker, 100)
-    assert len(provider.requests) <= 1 + rules.bisect_budget(100)
+    assert len(provider.requests) <= 1 + rules.bisect_allowance(100)
     assert set(states(engine, tids)) == {"pending"}
     assert all((engine.get(t) or {})["error"]["kind"] == "server_error" for t in tids)
     assert engine.guard and engine.guard.breaker_state("scripted", fake_clock()) == "open"

@@ -171,15 +171,15 @@ def test_callbacks_by_terminal_state() -> None:
 
 
 def test_trains_are_one_request_until_the_provider_has_been_timed() -> None:
-    assert rules.train_size(None, budget=1.0, most=50, batch_size=1) == 1
-    assert rules.train_size(None, budget=1.0, most=50, batch_size=100) == 100
+    assert rules.train_size(None, seconds=1.0, most=50, batch_size=1) == 1
+    assert rules.train_size(None, seconds=1.0, most=50, batch_size=100) == 100
 
 
 def test_fast_providers_get_long_trains_and_slow_ones_short_ones() -> None:
-    assert rules.train_size(0.002, budget=1.0, most=50, batch_size=1) == 50  # capped
-    assert rules.train_size(0.25, budget=1.0, most=50, batch_size=1) == 4
-    assert rules.train_size(5.0, budget=1.0, most=50, batch_size=1) == 1  # never zero
-    assert rules.train_size(0.002, budget=1.0, most=50, batch_size=100) == 100  # one bulk call
+    assert rules.train_size(0.002, seconds=1.0, most=50, batch_size=1) == 50  # capped
+    assert rules.train_size(0.25, seconds=1.0, most=50, batch_size=1) == 4
+    assert rules.train_size(5.0, seconds=1.0, most=50, batch_size=1) == 1  # never zero
+    assert rules.train_size(0.002, seconds=1.0, most=50, batch_size=100) == 100  # one bulk call
 
 
 def test_follow_ups_group_by_due_time_within_the_spread_and_the_cap() -> None:
@@ -211,9 +211,9 @@ def test_only_failures_one_id_could_cause_are_bisected() -> None:
 
 
 def test_bisecting_is_logarithmic_and_bounded() -> None:
-    assert rules.bisect_budget(1) == 0
-    assert rules.bisect_budget(2) == 4
-    assert rules.bisect_budget(100) == 28  # one poison id needs 2 x 7
+    assert rules.bisect_allowance(1) == 0
+    assert rules.bisect_allowance(2) == 4
+    assert rules.bisect_allowance(100) == 28  # one poison id needs 2 x 7
     assert rules.halves([1, 2, 3]) == ([1, 2], [3])
 
 
