@@ -15,8 +15,9 @@ from export_poller.account import rules
 from export_poller.account.guard import AccountGuard
 from export_poller.config.settings import Settings
 from export_poller.providers import errors
-from export_poller.providers.answer import Answer
+from export_poller.providers.answer import Answer, Budget
 from export_poller.providers.base import Provider
+from export_poller.providers.models import Outcome
 from export_poller.providers.registry import get_provider_class
 from export_poller.store import Claim
 
@@ -26,9 +27,9 @@ log = logging.getLogger("export_poller.poll")
 # process and started only as needed: at most (a worker's threads) x (POLLER_TRAIN_PARALLEL - 1)
 # are ever busy at once.
 _REQUEST_THREADS = 256
-# One request's answer (its outcomes by tracking id) and the time its 429 holds the account
-# until (0.0 if none).
-Asked = tuple[Answer, float]
+# One request's answer, as the train reads it: an outcome per tracking id, the request's error
+# as a whole, the budget it stated, and the time its 429 holds the account until (0.0: none).
+Asked = tuple[dict[str, Outcome], errors.ProviderError | None, Budget | None, float]
 
 
 class ProviderPool:
@@ -120,4 +121,4 @@ class RequestPool:
         until = now + max(waits) if waits else 0.0
         if waits and self.guard:
             self.guard.hold(account, until, now, reason="429")
-        return Answer(outcomes, answer.error, answer.budget), until
+        return outcomes, answer.error, answer.budget, until

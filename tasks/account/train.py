@@ -129,8 +129,8 @@ class TrainRunner:
         splits: list[Chunk],
     ) -> bool:
         """Read one answer of a wave; True if it timed out or failed to connect."""
-        answer, held = asked
-        answers, whole, budget, gate = answer.outcomes, answer.error, answer.budget, train.gate
+        answers, whole, budget, held_until = asked
+        gate = train.gate
         gate.calls += 1
         train.calm = train.calm and rules.calm(answers, whole, budget, self.settings.train_parallel)
         if not isinstance(whole, errors.RateLimited):  # a 429 holds the account itself
@@ -140,7 +140,7 @@ class TrainRunner:
             splits.extend(split)
             return False
         outcomes |= answers
-        gate.follow_429(held, stated=budget is not None)
+        gate.follow_429(held_until, stated=budget is not None)
         if group is not None:  # counted toward the breaker once its bisection is over
             bisect.note(group, answers, whole)
         else:
