@@ -22,6 +22,7 @@ from limits.strategies import MovingWindowRateLimiter
 
 from export_poller.account import rules
 from export_poller.config.settings import Settings
+from export_poller.records import as_text
 
 # Extend an account's hold only forward (two workers' 429s: the later time wins) and count it;
 # mark the account as limited for a while (its trains then read the hold before every request).
@@ -118,7 +119,7 @@ class AccountGuard:
     def take_pace_slot(self, account: str, now: float, rate: float) -> float | None:
         """One request's slot at the account's learned pace: None to go, or seconds to wait."""
         args = [repr(now), repr(1.0 / rate), repr(rules.pace_tolerance(rate))]
-        wait = _text(self._pace(keys=[f"{self.prefix}:{account}:tat"], args=args))
+        wait = as_text(self._pace(keys=[f"{self.prefix}:{account}:tat"], args=args))
         return float(wait) if wait else None
 
     def slow_down(self, account: str, now: float) -> float:
@@ -207,13 +208,9 @@ def _limit(text: str | None) -> limits.RateLimitItem | None:
     return limits.parse(text) if text else None
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value or "")
-
-
 def _pace(value: Any, now: float) -> float | None:
     """A stored pace "rate|since", grown back to what it is now."""
     if value is None:
         return None
-    rate, _, since = _text(value).partition("|")
+    rate, _, since = as_text(value).partition("|")
     return rules.paced_rate(float(rate), float(since), now)

@@ -62,7 +62,7 @@ def track(
         provider,
         export_id,
         account=account,
-        metadata=_metadata(metadata),
+        metadata=_json_metadata(metadata),
         timeout=timeout,
         tracking_id=tracking_id,
         **sigs,
@@ -76,7 +76,7 @@ def track(
     click.echo(tid)
 
 
-def _metadata(text: str | None) -> Any:
+def _json_metadata(text: str | None) -> Any:
     try:
         return json.loads(text) if text else None
     except ValueError as exc:
