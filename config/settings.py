@@ -102,7 +102,10 @@ class Settings(BaseSettings):
     backoff_factor: Annotated[float, Field(ge=1.0)] = 2.0
     backoff_max: PositiveSeconds = 240.0
     backoff_floor: Annotated[float, Field(ge=0)] = 1.0
-    sweep_interval: PositiveSeconds = 5.0
+    # A sweep costs a few Redis calls (it follows due work, not tracked exports), and it is
+    # the only way parked polls reach the broker: every second keeps a bound of twice the
+    # threads enough to feed them.
+    sweep_interval: PositiveSeconds = 1.0
     default_timeout: PositiveSeconds = 24 * 3600.0
     enqueue_horizon: PositiveSeconds = 10.0
     lease_seconds: PositiveSeconds = 120.0
@@ -129,7 +132,9 @@ class Settings(BaseSettings):
     train_parallel: Annotated[int, Field(ge=1, le=64)] = 8
     # Most poll messages ready in the broker (and not yet started) across the fleet: each is
     # about POLLER_TRAIN_SECONDS of one thread's work; the rest of the due work waits in Redis.
-    backlog_max: Annotated[int, Field(ge=1)] = 64
+    # A new message waits behind the ready ones (a queue is first in, first out), so the bound
+    # is a wait: 2 x a worker's 16 threads is about 2 s of their work (bench/overload.py).
+    backlog_max: Annotated[int, Field(ge=1)] = 32
     breaker_window: PositiveSeconds = 30.0
     breaker_min_calls: Annotated[int, Field(ge=1)] = 10
     breaker_ratio: Annotated[float, Field(gt=0, le=1)] = 0.5

@@ -96,7 +96,11 @@ app.conf.update(
     task_reject_on_worker_lost=True,
     task_ignore_result=True,
     task_default_queue=settings.queue,
-    worker_prefetch_multiplier=8,
+    # A worker takes no more messages than it has threads (countdown messages aside, which
+    # Celery holds apart until due): a message it took waits in its pool's first-in,
+    # first-out queue behind every other one it took, where the fair, bounded backlog in the
+    # broker can no longer put a small account's poll ahead of a big one's.
+    worker_prefetch_multiplier=1,
     # Task events cost a publish per task state (~15% of a worker's CPU at 200 ms answers, by
     # profile: bench/latency.py --profile); Flower turns them on in the workers it watches
     # (`enable_events`, Flower's default), so they are paid only while someone looks.
