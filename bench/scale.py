@@ -134,11 +134,11 @@ def make_running(engine: Engine, tids: list[str]) -> None:
         train = by_account.setdefault(claim.fields["account"], [])
         train.append(claim)
         if len(train) == engine.settings.train_max:
-            engine._settle(train, dict.fromkeys([c.tracking_id for c in train], status))
+            engine.settler.settle(train, dict.fromkeys([c.tracking_id for c in train], status))
             train.clear()
     for train in by_account.values():
         if train:
-            engine._settle(train, dict.fromkeys([c.tracking_id for c in train], status))
+            engine.settler.settle(train, dict.fromkeys([c.tracking_id for c in train], status))
 
 
 def bytes_per_export(

@@ -9,11 +9,9 @@ and the mapping of HTTP failures onto `export_poller.providers.errors`.
 
 from __future__ import annotations
 
-import email.utils
 import json
 import logging
 import re
-import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -28,7 +26,8 @@ from requests.auth import AuthBase
 from export_poller.config.brokers import redact_url
 from export_poller.config.settings import AccountSettings, Settings
 from export_poller.providers import errors, transport
-from export_poller.providers.models import ExportStatus
+from export_poller.providers.answer import Answer, read_budget, retry_after_seconds
+from export_poller.providers.models import ExportStatus, Outcome
 from export_poller.providers.redaction import Redactor
 
 log = logging.getLogger("export_poller.http")
@@ -40,7 +39,6 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS = 3
 _DOT_SEGMENTS = frozenset({".", ".."})
 
-Outcome = ExportStatus | errors.ProviderError
 _M = TypeVar("_M", bound=BaseModel)
 
 
@@ -51,47 +49,6 @@ class StatusRequest:
     method: str
     path: str
     json: Any = None
-
-
-@dataclass(frozen=True)
-class Budget:
-    """What a provider said about its account's request budget (`X-RateLimit-*`): `limit`
-    per window, `remaining` in this one, and `reset_at`, the Unix time the window ends."""
-
-    limit: int | None
-    remaining: int
-    reset_at: float
-
-
-_RELATIVE_RESET = 1e9  # a Reset below this is seconds from now, not a Unix time
-# The longest a provider's stated time is believed: a hostile or broken header (a year, or 400
-# digits) would otherwise hold an account, or push an export past its deadline, for that long.
-MAX_STATED_WAIT = 3600.0
-
-
-def _reset_at(value: str | None, now: float) -> float | None:
-    """`X-RateLimit-Reset` as a Unix time: Seven Bridges sends one; a small number is read as
-    seconds from now, as some APIs send it. Capped at MAX_STATED_WAIT from now."""
-    reset = _count(value)
-    if reset is None:
-        return None
-    at = float(reset) if reset >= _RELATIVE_RESET else now + reset
-    return min(at, now + MAX_STATED_WAIT)
-
-
-def read_budget(headers: Mapping[str, str], now: float | None = None) -> Budget | None:
-    """The budget an answer states, if it states one (Seven Bridges does on every answer)."""
-    now = time.time() if now is None else now
-    remaining = _count(headers.get("X-RateLimit-Remaining"))
-    reset_at = _reset_at(headers.get("X-RateLimit-Reset"), now)
-    if remaining is None or reset_at is None:
-        return None
-    return Budget(_count(headers.get("X-RateLimit-Limit")), remaining, reset_at)
-
-
-def _count(value: str | None) -> int | None:
-    text = (value or "").strip()
-    return int(text) if text.isdigit() and len(text) < 16 else None
 
 
 def path_segment(export_id: str) -> str:
@@ -145,7 +102,6 @@ class Provider(ABC):
         self._template = self.session.prepare_request(requests.Request("GET", self.base_url))
         self._prefix = self._template.url.rstrip("/") if self._template.url else self.base_url
         self._ours = self._prefix + "/"  # a URL we built: the prefix and a quoted path
-        self._last = threading.local()  # one adapter serves all of a worker's threads
 
     @property
     def base_url(self) -> str:
@@ -229,25 +185,45 @@ class Provider(ABC):
             raise outcome
         return outcome
 
-    def last_budget(self) -> Budget | None:
-        """The budget stated by this thread's last answer, if its provider states one."""
-        budget: Budget | None = getattr(self._last, "budget", None)
-        return budget
-
     def fetch_many(self, export_ids: Sequence[str]) -> dict[str, Outcome]:
         """Ask for up to `batch_size` exports in one request; errors of the whole call raise."""
+        answer = self.ask(export_ids)
+        if answer.error is not None:
+            raise answer.error
+        return answer.outcomes
+
+    def ask(self, export_ids: Sequence[str]) -> Answer:
+        """One request for up to `batch_size` exports, and everything its answer said: an
+        outcome per id, the failure of the request as a whole (never raised), and the budget
+        its headers stated (kept even when the status or the body is an error)."""
         request = self.status_request(export_ids)
-        self._last.budget = None
-        with transport.deadline(self.total_timeout) as watch:
-            try:
-                response = self._send(request)
-                self._last.budget = read_budget(response.headers)
-                status, headers, body = response.status_code, response.headers, self._read(response)
-            except errors.TransportError:
-                if not watch.expired:
-                    raise
-                late = f"{self.name} did not answer within {self.total_timeout:g} s"
-                raise errors.TransportError(late) from None
+        budget = None
+        try:
+            with transport.deadline(self.total_timeout) as watch:
+                try:
+                    response = self._send(request)
+                    budget = read_budget(response.headers)
+                    status, headers, body = (
+                        response.status_code,
+                        response.headers,
+                        self._read(response),
+                    )
+                except errors.TransportError:
+                    if not watch.expired:
+                        raise
+                    late = f"{self.name} did not answer within {self.total_timeout:g} s"
+                    raise errors.TransportError(late) from None
+            outcomes = self._outcomes(status, headers, body, export_ids)
+        except errors.ProviderError as exc:
+            # Kept per export until the commit, a traceback and chain would hold this
+            # request's frames and body buffer in a cycle only the cyclic GC frees.
+            exc.__traceback__ = exc.__cause__ = exc.__context__ = None
+            return Answer(dict.fromkeys(export_ids, exc), exc, budget)
+        return Answer(outcomes, None, budget)
+
+    def _outcomes(
+        self, status: int, headers: Mapping[str, str], body: bytes, export_ids: Sequence[str]
+    ) -> dict[str, Outcome]:
         if status >= 300:
             raise self.error_for(status, headers, self.redactor.clean(_json_or_none(body)))
         try:
@@ -366,23 +342,6 @@ def _json_or_none(body: bytes) -> Any:
         return json.loads(body) if body else None
     except ValueError:
         return None
-
-
-def retry_after_seconds(headers: Mapping[str, str], now: float | None = None) -> float | None:
-    """`Retry-After` (seconds or an HTTP date) or `X-RateLimit-Reset`, as a wait of at most
-    MAX_STATED_WAIT."""
-    now = time.time() if now is None else now
-    value = (headers.get("Retry-After") or "").strip()
-    if value.isdigit():  # any number of digits: never float("9" * 400), which is inf
-        return MAX_STATED_WAIT if len(value) > 6 else min(float(value), MAX_STATED_WAIT)
-    if value:
-        try:
-            at = email.utils.parsedate_to_datetime(value).timestamp()
-            return min(max(0.0, at - now), MAX_STATED_WAIT)
-        except (TypeError, ValueError, OverflowError):
-            pass
-    reset_at = _reset_at(headers.get("X-RateLimit-Reset"), now)
-    return None if reset_at is None else max(0.0, reset_at - now)
 
 
 def map_http_error(

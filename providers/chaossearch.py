@@ -14,8 +14,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from requests.auth import AuthBase
 from requests_aws4auth import AWS4Auth  # type: ignore[import-untyped]
 
-from export_poller.providers.base import Outcome, Provider, StatusRequest, validate_answer
-from export_poller.providers.models import ExportStatus, Progress, ProviderState, StatusError
+from export_poller.providers.base import Provider, StatusRequest, validate_answer
+from export_poller.providers.models import (
+    ExportStatus,
+    Outcome,
+    Progress,
+    ProviderState,
+    StatusError,
+)
 
 _FAILURE_WORDS = ("fail", "error", "cancel")
 

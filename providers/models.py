@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from export_poller.providers import errors
+
 ProviderState = Literal["pending", "running", "completed", "failed"]
 TERMINAL_PROVIDER_STATES: frozenset[str] = frozenset({"completed", "failed"})
 
@@ -55,3 +57,7 @@ class ExportStatus(BaseModel):
     def summary(self) -> dict[str, Any]:
         """Everything but `raw`: what a running record keeps, so Redis stays small per export."""
         return self.model_dump(mode="json", exclude={"raw"}, exclude_none=True)
+
+
+Outcome = ExportStatus | errors.ProviderError
+"""What one poll of one export comes to: the provider's status, or why there is none."""

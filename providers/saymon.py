@@ -14,13 +14,12 @@ from pydantic import BaseModel, ConfigDict
 from requests.auth import AuthBase, HTTPBasicAuth
 
 from export_poller.providers.base import (
-    Outcome,
     Provider,
     StatusRequest,
     path_segment,
     validate_answer,
 )
-from export_poller.providers.models import ExportStatus
+from export_poller.providers.models import ExportStatus, Outcome
 
 
 class _Answer(BaseModel):

@@ -17,13 +17,12 @@ from requests.auth import AuthBase
 
 from export_poller.providers import errors
 from export_poller.providers.base import (
-    Outcome,
     Provider,
     StatusRequest,
     path_segment,
     validate_answer,
 )
-from export_poller.providers.models import ExportStatus, ProviderState, StatusError
+from export_poller.providers.models import ExportStatus, Outcome, ProviderState, StatusError
 
 _STATES: dict[str, ProviderState] = {
     "PENDING": "pending",

@@ -19,7 +19,6 @@ from typing import Any
 from export_poller import clock
 from export_poller.config.settings import AccountSettings, get_settings
 from export_poller.providers import errors
-from export_poller.providers.models import ExportStatus
 from export_poller.providers.redaction import KOMBU_KEYS, Redactor, secret_forms
 from export_poller.providers.registry import get_provider_class
 from export_poller.runtime import get_engine
@@ -85,12 +84,7 @@ def track_export(
         "on_complete": _signature(on_complete, "on_complete"),
         "on_failure": _signature(on_failure, "on_failure"),
     }
-    warnings = callback_warnings(fields["on_complete"], fields["on_failure"])
-    for warning in warnings:
-        log.warning("export %s/%s: %s", account_name, export_id, warning)
-    if warnings:
-        fields["warning"] = "; ".join(warnings)
-    tid = get_engine().track(fields, _timeout(timeout), chosen)
+    tid = get_engine().track(_with_warnings(fields), _timeout(timeout), chosen)
     if chosen and tid != chosen:
         raise errors.ConfigurationError(
             f"export {export_id!r} of account {account_name!r} is already tracked as {tid}"
@@ -98,6 +92,17 @@ def track_export(
             else f"tracking id {chosen!r} is already used by another export"
         )
     return tid
+
+
+def _with_warnings(fields: dict[str, Any]) -> dict[str, Any]:
+    """The record's fields, with what can be told about its callbacks now (logged, and kept
+    in the record as `warning`)."""
+    warnings = callback_warnings(fields["on_complete"], fields["on_failure"])
+    for warning in warnings:
+        log.warning("export %s/%s: %s", fields["account"], fields["export_id"], warning)
+    if warnings:
+        fields["warning"] = "; ".join(warnings)
+    return fields
 
 
 def _tracking_id(value: object) -> str | None:
@@ -351,109 +356,25 @@ def refusal_record(exc: Exception, call: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-# -- day-two operations --------------------------------------------------------------------------
+# The day-two operations live in their own room; their public names are here, as documented.
+from export_poller.operations import (  # noqa: E402
+    OperationFailed,
+    redeliver_callback,
+    refresh_export,
+    stuck_reasons,
+)
 
-
-class OperationFailed(RuntimeError):
-    """A refresh or redelivery that could not be done now (provider error, account held)."""
-
-
-def _finished(tracking_id: str) -> dict[str, str]:
-    fields = get_engine().store.get(tracking_id) if _plausible_id(tracking_id) else None
-    if fields is None:
-        raise UnknownTrackingId(f"unknown tracking id {tracking_id!r}")
-    if fields.get("state") in ("pending", "running"):
-        raise errors.ConfigurationError(
-            f"export {tracking_id} is still {fields['state']}: it is polled, and its callback "
-            "fires once it ends"
-        )
-    return fields
-
-
-def redeliver_callback(tracking_id: str) -> dict[str, Any]:
-    """Send a finished export's callback again, on purpose; the record counts `redeliveries`
-    and the record sent carries the count, so the caller can tell a redelivery apart."""
-    from export_poller import policy
-    from export_poller.records import full_signature
-
-    engine = get_engine()
-    fields = _finished(tracking_id)
-    kind = policy.callback_kind(fields.get("state", ""))
-    if kind is None:
-        raise errors.ConfigurationError(f"export {tracking_id} was cancelled: no callback fires")
-    ref = fields.get(kind)
-    signature = engine.store.get_signature(ref) if ref else None
-    if signature is None:
-        why = "its signature has expired" if ref else "none was given"
-        raise errors.ConfigurationError(f"export {tracking_id} has no {kind} callback: {why}")
-    engine.store.note_finished(tracking_id, "redeliveries", {"redelivered_at": clock.now()})
-    record = engine.get(tracking_id) or {}
-    engine.send_callback(full_signature(signature), record)
-    log.info("callback redelivered tracking_id=%s kind=%s", tracking_id, kind)
-    return record
-
-
-def refresh_export(tracking_id: str, *, callback: bool = False) -> dict[str, Any]:
-    """Ask the provider about a finished export once more (a Cometly download URL expires 15
-    minutes after the poll that fetched it) and keep its fresh answer in the record's
-    `status`; the state stays. The callback fires again only if `callback` is true."""
-    engine = get_engine()
-    fields = _finished(tracking_id)
-    account, export_id = fields["account"], fields["export_id"]
-    provider = engine.providers.get(account)
-    wait = engine.guard.admit(account, clock.now()) if engine.guard else None
-    if wait is not None:
-        raise OperationFailed(f"account {account!r} is held back; try again in {wait:.0f}s")
-    try:
-        answer = provider.fetch_many([export_id]).get(export_id)
-    except errors.ProviderError as exc:
-        answer = exc
-    if not isinstance(answer, ExportStatus):
-        error = answer or errors.BadResponse("no answer about this export")
-        raise OperationFailed(f"{fields['provider']} did not answer ({error.kind}): {error}")
-    status = answer.model_dump(mode="json", exclude_none=True)
-    engine.store.note_finished(
-        tracking_id, "refreshes", {"status": status, "refreshed_at": clock.now()}
-    )
-    log.info("export refreshed tracking_id=%s state=%s", tracking_id, status.get("state"))
-    return redeliver_callback(tracking_id) if callback else engine.get(tracking_id) or {}
-
-
-def stuck_reasons(record: Mapping[str, Any], now: float, periods: float = 3.0) -> list[str]:
-    """Why an active export looks stuck, from what the store already knows: no answer for
-    `periods` of its longest wait, a poll overdue past the sweep's rescue (no worker or beat?),
-    or an account that is missing, held back, or whose credentials were refused."""
-    settings = get_settings()
-    if record.get("state") not in ("pending", "running"):
-        return []
-    reasons = []
-    longest = settings.backoff_max  # progress-aware waits are capped by it too
-    last = record.get("updated_at") or record.get("created_at") or now
-    if now - last > periods * longest:
-        reasons.append(f"no answer for {now - last:.0f}s ({periods:g} waits of {longest:g}s)")
-    due = record.get("next_poll_at")
-    late = 2 * settings.rescue_grace + settings.lease_seconds
-    if due and now - due > late:
-        reasons.append(f"poll overdue by {now - due:.0f}s: are a worker and beat running?")
-    return reasons + _account_reasons(record)
-
-
-def _account_reasons(record: Mapping[str, Any]) -> list[str]:
-    account = str(record.get("account"))
-    if account not in get_settings().accounts:
-        return [f"account {account!r} is not configured here"]
-    error = record.get("error") or {}
-    kind = error.get("kind")
-    if kind == "credentials_refused":
-        return [f"account {account!r}: credentials refused"]
-    if kind == "misconfigured":
-        return [f"account {account!r} is misconfigured on a worker: {error.get('message')}"]
-    held = record.get("account_held_until")
-    if held and held > clock.now():
-        return [f"account {account!r} is held back by its provider for {held - clock.now():.0f}s"]
-    if kind in ("throttled", "rate_limited"):
-        return [f"account {account!r} is held back ({kind})"]
-    guard = get_engine().guard
-    if guard is not None and guard.state(account, clock.now()) == "open":
-        return [f"account {account!r}: breaker open"]
-    return []
+__all__ = [
+    "OperationFailed",
+    "UnknownTrackingId",
+    "callback_signature",
+    "callback_warnings",
+    "cancel_export",
+    "get_export",
+    "redeliver_callback",
+    "refresh_export",
+    "refusal_record",
+    "resolve_id",
+    "stuck_reasons",
+    "track_export",
+]

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from export_poller.config.brokers import redact_url
+from export_poller.policy import ACTIVE_STATES
 from export_poller.processes import (
     Child,
     exit_on_sigterm,
@@ -282,7 +283,7 @@ def _snapshot(tracked: list[Tracked]) -> list[dict[str, Any]]:
 
 
 def _finished(tracked: list[Tracked], records: list[dict[str, Any]]) -> bool:
-    ended = all(r["state"] not in ("pending", "running") for r in records)
+    ended = all(r["state"] not in ACTIVE_STATES for r in records)
     needed = sum(1 for t in tracked if t.case.expect != "cancelled")
     return ended and sum(len(t.callbacks) for t in tracked) >= needed
 

@@ -57,8 +57,8 @@ def _broker() -> str:
 
 
 def _accounts() -> str:
+    from export_poller.account.request import ProviderPool
     from export_poller.config.settings import get_settings
-    from export_poller.engine import ProviderPool
 
     s = get_settings()
     pool = ProviderPool(s)

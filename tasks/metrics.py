@@ -40,56 +40,16 @@ class PollerCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         grouped = _split(self.engine.store.metric_fields())
-        yield _family(
-            GaugeMetricFamily,
-            "export_poller_active_exports",
-            "Tracked exports not yet finished",
-            ["provider", "state"],
-            grouped.get("active", {}),
-        )
-        yield _family(
-            CounterMetricFamily,
-            "export_poller_finished",
-            "Exports that reached a terminal state",
-            ["provider", "state"],
-            grouped.get("finished", {}),
-        )
-        polls = grouped.get("polls", {})
-        yield _family(
-            CounterMetricFamily,
-            "export_poller_polls",
-            "Polls by outcome (provider state or error kind)",
-            ["provider", "outcome"],
-            polls,
-        )
-        waits = {k: v for k, v in polls.items() if k[1] in _WAITS}
-        yield _family(
-            CounterMetricFamily,
-            "export_poller_rate_limit_waits",
-            "Polls held back by a provider 429 or the fleet-wide limit/breaker",
-            ["provider", "source"],
-            waits,
-        )
-        yield _family(
-            CounterMetricFamily,
-            "export_poller_account_holds",
-            "Fleet-wide holds of an account: a provider's 429, or its stated budget spent",
-            ["account", "reason"],
-            grouped.get("holds", {}),
-        )
-        problems = {k: v for k, v in polls.items() if k[1] in _PROBLEMS}
-        yield _family(
-            CounterMetricFamily,
-            "export_poller_account_problems",
-            "Polls that found an account missing on a worker or its credentials refused",
-            ["provider", "kind"],
-            problems,
-        )
+        yield from _exports(grouped)
+        yield from _polls(grouped)
         yield self._lag(grouped)
         yield from self._overload(grouped)
         yield self._breakers()
         yield self._holds()
         yield self._paces()
+        yield from self._queues()
+
+    def _queues(self) -> Iterator[Metric]:
         counts = self.engine.store.counts()
         yield GaugeMetricFamily(
             "export_poller_scheduled", "Exports with a scheduled poll", value=counts["scheduled"]
@@ -160,7 +120,7 @@ class PollerCollector(Collector):
         )
         guard, now = self.engine.guard, time.time()
         for account in sorted(self.engine.settings.accounts):
-            is_open = guard is not None and guard.state(account, now) == "open"
+            is_open = guard is not None and guard.breaker_state(account, now) == "open"
             gauge.add_metric([account], float(is_open))
         return gauge
 
@@ -188,6 +148,59 @@ class PollerCollector(Collector):
             if rate is not None:
                 gauge.add_metric([account], rate)
         return gauge
+
+
+def _exports(grouped: dict[str, dict[tuple[str, ...], float]]) -> Iterator[Metric]:
+    yield _family(
+        GaugeMetricFamily,
+        "export_poller_active_exports",
+        "Tracked exports not yet finished",
+        ["provider", "state"],
+        grouped.get("active", {}),
+    )
+    yield _family(
+        CounterMetricFamily,
+        "export_poller_finished",
+        "Exports that reached a terminal state",
+        ["provider", "state"],
+        grouped.get("finished", {}),
+    )
+
+
+def _polls(grouped: dict[str, dict[tuple[str, ...], float]]) -> Iterator[Metric]:
+    """Polls by outcome, and what they tell an operator about accounts: waits, holds and
+    problems."""
+    polls = grouped.get("polls", {})
+    yield _family(
+        CounterMetricFamily,
+        "export_poller_polls",
+        "Polls by outcome (provider state or error kind)",
+        ["provider", "outcome"],
+        polls,
+    )
+    waits = {k: v for k, v in polls.items() if k[1] in _WAITS}
+    yield _family(
+        CounterMetricFamily,
+        "export_poller_rate_limit_waits",
+        "Polls held back by a provider 429 or the fleet-wide limit/breaker",
+        ["provider", "source"],
+        waits,
+    )
+    yield _family(
+        CounterMetricFamily,
+        "export_poller_account_holds",
+        "Fleet-wide holds of an account: a provider's 429, or its stated budget spent",
+        ["account", "reason"],
+        grouped.get("holds", {}),
+    )
+    problems = {k: v for k, v in polls.items() if k[1] in _PROBLEMS}
+    yield _family(
+        CounterMetricFamily,
+        "export_poller_account_problems",
+        "Polls that found an account missing on a worker or its credentials refused",
+        ["provider", "kind"],
+        problems,
+    )
 
 
 def _family(

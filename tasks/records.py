@@ -33,6 +33,11 @@ _SIGNATURE_DEFAULTS: dict[str, Any] = {
 }
 
 
+def as_text(value: Any) -> str:
+    """A Redis reply as text: redis-py answers bytes unless told otherwise, and nil as None."""
+    return value.decode() if isinstance(value, bytes) else str(value or "")
+
+
 def short(text: str | None) -> str:
     """At most SHORT bytes of UTF-8, the ellipsis included: Redis's listpack limit
     (`hash-max-listpack-value`, 64) counts bytes, and one longer value turns the whole record

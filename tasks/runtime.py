@@ -3,26 +3,21 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
-import uuid
 from collections.abc import Iterator, Sequence
 from functools import cache
-from typing import Any
 
 import redis
-from celery import signature
 from kombu import Connection, Producer
 from kombu.pools import producers
 
+from export_poller.account.guard import AccountGuard
 from export_poller.celery import app, broker_conf
 from export_poller.config.settings import get_settings
 from export_poller.connect import redis_client as store_client
 from export_poller.engine import Engine
-from export_poller.guards import AccountGuard
+from export_poller.outbox import fire_callback
 from export_poller.store import Store
-
-log = logging.getLogger("export_poller.callbacks")
 
 # Below this a countdown costs more (the worker's ETA timer) than the wait it buys.
 _MIN_COUNTDOWN = 0.05
@@ -47,31 +42,6 @@ def _send_poll(pairs: Sequence[tuple[str, str]], countdown: float) -> None:
             producer=producer,
             argsrepr=shown,
             kwargsrepr="{}",
-        )
-
-
-_CALLBACK_IDS = uuid.UUID("0b6c3f5e-2f7a-4d0e-9a51-6c1f3e2d8a40")
-
-
-def callback_task_id(record: dict[str, Any]) -> str:
-    """One id per export's callback, the same on every dispatch: if a worker dies after the
-    broker took the callback and before the outbox noted it, the sweep's second dispatch
-    carries the first one's id, so a callback can tell a repeat from a new one. A redelivery
-    asked for on purpose (`export-poller redeliver`) is a new one: it gets an id of its own."""
-    key = f"{record['tracking_id']}:{record['state']}"
-    if record.get("redeliveries"):
-        key += f":{record['redeliveries']}"
-    return str(uuid.uuid5(_CALLBACK_IDS, key))
-
-
-def _send_callback(sig: dict[str, Any], record: dict[str, Any]) -> None:
-    from export_poller.api import callback_warnings
-
-    for warning in callback_warnings(sig):  # said at track time too, and kept in the record
-        log.warning("tracking_id=%s: %s", record.get("tracking_id"), warning)
-    with confirmed_producer() as producer:
-        signature(sig, app=app).apply_async(
-            (record,), task_id=callback_task_id(record), producer=producer
         )
 
 
@@ -110,7 +80,7 @@ def get_engine() -> Engine:
     settings = get_settings()
     store = Store(redis_client(), settings.key_prefix)
     guard = AccountGuard(settings, redis_client())
-    return Engine(settings, store, _send_poll, _send_callback, guard=guard)
+    return Engine(settings, store, _send_poll, fire_callback, guard=guard)
 
 
 def reconfigure() -> None:

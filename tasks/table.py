@@ -8,6 +8,8 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
+from export_poller.policy import ACTIVE_STATES
+
 COLUMNS = (
     "tracking id",
     "provider",
@@ -34,7 +36,7 @@ def progress_bar(record: dict[str, Any]) -> str:
 def next_poll(record: dict[str, Any], now: float | None = None) -> str:
     """Seconds to the next poll; "held" while the account waits out a provider's 429."""
     when = record.get("next_poll_at")
-    if record.get("state") not in ("pending", "running") or when is None:
+    if record.get("state") not in ACTIVE_STATES or when is None:
         return "-"
     now = now or time.time()
     held = record.get("account_held_until")

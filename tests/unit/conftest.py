@@ -13,7 +13,7 @@ from export_poller import clock
 from export_poller.config.settings import AccountSettings, Settings
 from export_poller.engine import Engine
 from export_poller.providers import errors
-from export_poller.providers.base import Budget
+from export_poller.providers.answer import Answer, Budget
 from export_poller.providers.models import ExportStatus
 from export_poller.store import Store
 
@@ -40,9 +40,6 @@ class ScriptedProvider:
         self.calls: list[str] = []
         self.budget: Budget | None = None  # what every answer says about the account's budget
 
-    def last_budget(self) -> Budget | None:
-        return self.budget
-
     def script(self, export_id: str, *answers: str | errors.ProviderError) -> None:
         self.scripts[export_id] = [
             ExportStatus(state=a) if isinstance(a, str) else a  # type: ignore[arg-type]
@@ -56,6 +53,13 @@ class ScriptedProvider:
 
     def fetch_many(self, export_ids: list[str]) -> dict[str, ExportStatus | errors.ProviderError]:
         return {export_id: self.fetch(export_id) for export_id in export_ids}
+
+    def ask(self, export_ids: list[str]) -> Answer:
+        """As the real adapter: a whole-request error and the stated budget on the answer."""
+        try:
+            return Answer(self.fetch_many(export_ids), None, self.budget)
+        except errors.ProviderError as exc:
+            return Answer(dict.fromkeys(export_ids, exc), exc, self.budget)
 
 
 class FakePool:

@@ -116,7 +116,7 @@ def test_a_sentinel_database_must_be_a_number() -> None:
 
 
 def test_a_callback_sent_again_after_a_crash_keeps_its_task_id() -> None:
-    from export_poller.runtime import callback_task_id
+    from export_poller.outbox import callback_task_id
 
     record = {"tracking_id": "abc123", "state": "completed"}
     again = callback_task_id(dict(record))

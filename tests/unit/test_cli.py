@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from export_poller import api, cli, jobs, runtime
+from export_poller import api, cli, jobs, operations, runtime
 from export_poller.config.settings import AccountSettings, Settings
 from export_poller.engine import Engine
 from export_poller.providers.models import ExportStatus
@@ -34,6 +34,7 @@ def make_settings(**extra: Any) -> Settings:
 def settings_box(monkeypatch: pytest.MonkeyPatch) -> dict[str, Settings]:
     box = {"settings": make_settings()}
     monkeypatch.setattr(api, "get_settings", lambda: box["settings"])
+    monkeypatch.setattr(operations, "get_settings", lambda: box["settings"])
     return box
 
 

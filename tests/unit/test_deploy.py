@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from export_poller.cli import main
 from export_poller.config.settings import Settings
 
-DEPLOY = Path(__file__).resolve().parents[2] / "config" / "deploy"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 K8S_VERSION = "1.30.0"  # the oldest release still supported upstream when this was written
 
 

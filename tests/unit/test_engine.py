@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from export_poller import clock
+from export_poller.account.guard import AccountGuard
 from export_poller.config.settings import Settings
 from export_poller.engine import Engine
-from export_poller.guards import AccountGuard
 from export_poller.providers import errors
 from export_poller.providers.models import ExportStatus
 from export_poller.store import Store
@@ -229,7 +229,7 @@ def test_a_poll_in_flight_when_cancelled_cannot_finish_the_export(
     claim = store.claim(tid, token, "w", now=fake_clock(), lease_until=fake_clock() + 120)
     assert not isinstance(claim, str)
     engine.cancel(tid)
-    assert engine._settle([claim], {tid: provider.fetch("e1")}) == {tid: "lost"}
+    assert engine.settler.settle([claim], {tid: provider.fetch("e1")}) == {tid: "lost"}
     assert broker.callbacks == [] and engine.get(tid)["state"] == "cancelled"  # type: ignore[index]
 
 
@@ -452,10 +452,16 @@ def test_a_worker_without_the_account_says_so_loudly_and_keeps_the_export(
     fake_clock: Clock,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from export_poller.engine import ProviderPool
+    from export_poller.account.request import ProviderPool
 
-    engine = Engine(settings, store, broker.send_poll, broker.send_callback, rand=lambda: 1.0)
-    engine.providers = ProviderPool(settings.model_copy(update={"accounts": {}}))
+    engine = Engine(
+        settings,
+        store,
+        broker.send_poll,
+        broker.send_callback,
+        providers=ProviderPool(settings.model_copy(update={"accounts": {}})),
+        rand=lambda: 1.0,
+    )
     tid = track(engine)
     with caplog.at_level(logging.INFO, logger="export_poller.poll"):
         deliver(engine, broker, fake_clock)

@@ -6,9 +6,9 @@ import fakeredis
 import pytest
 
 from export_poller import clock
+from export_poller.account.guard import AccountGuard
 from export_poller.config.settings import AccountSettings, Settings
 from export_poller.engine import Engine
-from export_poller.guards import AccountGuard
 from export_poller.providers import errors
 from export_poller.providers.models import ExportStatus
 from export_poller.store import Store
@@ -21,7 +21,11 @@ def make_settings(**kw: object) -> Settings:
 
 
 def make_engine(
-    settings: Settings, client: fakeredis.FakeRedis, provider: ScriptedProvider, broker: Broker
+    settings: Settings,
+    client: fakeredis.FakeRedis,
+    provider: ScriptedProvider,
+    broker: Broker,
+    rand: float = 0.0,
 ) -> Engine:
     return Engine(
         settings,
@@ -30,7 +34,7 @@ def make_engine(
         broker.send_callback,
         providers=FakePool(provider),  # type: ignore[arg-type]
         guard=AccountGuard(settings, client),
-        rand=lambda: 0.0,
+        rand=lambda: rand,
     )
 
 
@@ -114,7 +118,7 @@ def test_a_train_counts_the_good_answers_before_a_failure_toward_the_breaker(
         track(engine, f"e{i}")
     one_train(engine, broker)  # 8 good answers, then 2 failures: 20%, not a failing provider
     assert len(provider.calls) == 10
-    assert engine.guard and engine.guard.state("scripted", clock.now()) == "closed"
+    assert engine.guard and engine.guard.breaker_state("scripted", clock.now()) == "closed"
 
 
 def test_answers_before_a_rate_limit_hold_still_count_toward_the_breaker(
@@ -126,7 +130,7 @@ def test_answers_before_a_rate_limit_hold_still_count_toward_the_breaker(
         track(engine, f"e{i}")
     one_train(engine, broker)  # three good answers, then held back
     assert engine.guard
-    assert not engine.guard.record("scripted", fake_clock(), calls=2, failures=2)  # 2 of 5
+    assert not engine.guard.count_answers("scripted", fake_clock(), calls=2, failures=2)  # 2 of 5
 
 
 def test_breaker_opens_on_mostly_5xx_and_holds_every_export_of_the_account(
@@ -143,7 +147,7 @@ def test_breaker_opens_on_mostly_5xx_and_holds_every_export_of_the_account(
     for tid, token, _ in broker.take_polls():
         engine.poll(tid, token)
     assert len(provider.calls) == 4  # the 4th failure opened the breaker; 2 polls never left
-    assert engine.guard and engine.guard.state("scripted", fake_clock()) == "open"
+    assert engine.guard and engine.guard.breaker_state("scripted", fake_clock()) == "open"
 
 
 def test_breaker_closes_when_the_provider_recovers(
@@ -154,12 +158,12 @@ def test_breaker_closes_when_the_provider_recovers(
     settings = make_settings(breaker_min_calls=2, breaker_ratio=0.5, breaker_cooldown=10)
     guard = AccountGuard(settings, redis_client)
     now = fake_clock()
-    assert not guard.record("scripted", now, failures=1)
-    assert guard.record("scripted", now, failures=1)
-    assert guard.admit("scripted", now) == pytest.approx(10)
-    assert guard.admit("scripted", now + 10.5) is None  # cooled down: polls flow again
-    assert not guard.record("scripted", now + 11)
-    assert guard.state("scripted", now + 11) == "closed"
+    assert not guard.count_answers("scripted", now, failures=1)
+    assert guard.count_answers("scripted", now, failures=1)
+    assert guard.take_slot("scripted", now) == pytest.approx(10)
+    assert guard.take_slot("scripted", now + 10.5) is None  # cooled down: polls flow again
+    assert not guard.count_answers("scripted", now + 11)
+    assert guard.breaker_state("scripted", now + 11) == "closed"
 
 
 def test_bulk_providers_coalesce_due_polls_into_one_request(

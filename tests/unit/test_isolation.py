@@ -5,10 +5,10 @@ from __future__ import annotations
 import fakeredis
 import pytest
 
-from export_poller import policy
+from export_poller.account import rules
 from export_poller.engine import Engine
 from export_poller.providers import errors
-from export_poller.providers.base import Budget
+from export_poller.providers.answer import Budget
 from export_poller.providers.models import ExportStatus
 from tests.unit.conftest import Broker, Clock, ScriptedProvider
 from tests.unit.test_guards import make_engine, make_settings, one_train, track
@@ -74,7 +74,7 @@ def test_a_poison_id_is_found_by_bisecting_and_its_neighbours_complete(
     assert ["e37"] in provider.requests
     record = engine.get(tids[37]) or {}
     assert record["error"]["kind"] in ("poisoned", "rejected", "not_found")
-    assert engine.guard and engine.guard.state("scripted", fake_clock()) == "closed"
+    assert engine.guard and engine.guard.breaker_state("scripted", fake_clock()) == "closed"
 
 
 def test_the_poison_id_fails_alone_after_the_usual_confirmations(
@@ -114,10 +114,10 @@ def test_an_outage_costs_a_bounded_number_of_requests_and_trips_the_breaker(
 ) -> None:
     provider = PoisonBulk({f"e{i}" for i in range(100)}, errors.ServerError("502"))
     engine, tids = run(redis_client, provider, broker, 100)
-    assert len(provider.requests) <= 1 + policy.bisect_budget(100)
+    assert len(provider.requests) <= 1 + rules.bisect_allowance(100)
     assert set(states(engine, tids)) == {"pending"}
     assert all((engine.get(t) or {})["error"]["kind"] == "server_error" for t in tids)
-    assert engine.guard and engine.guard.state("scripted", fake_clock()) == "open"
+    assert engine.guard and engine.guard.breaker_state("scripted", fake_clock()) == "open"
 
 
 def test_a_429_holds_the_whole_account_fleet_wide_until_its_stated_time(
@@ -177,8 +177,8 @@ def test_a_train_takes_no_export_along_before_its_stated_time(
 ) -> None:
     provider = ScriptedProvider()
     provider.script("x", errors.RateLimited("429", retry_after=2), "running")
-    engine = make_engine(make_settings(backoff_floor=5), redis_client, provider, broker)
-    engine.rand = lambda: 0.6  # the held export comes back 0.3 s after the hold ends
+    # rand 0.6: the held export comes back 0.3 s after the hold ends
+    engine = make_engine(make_settings(backoff_floor=5), redis_client, provider, broker, rand=0.6)
     x, a = track(engine, "x"), track(engine, "a")
     one_train(engine, broker)
     assert provider.calls == ["x"]
@@ -208,21 +208,21 @@ def test_a_stated_budget_spent_holds_the_account_until_it_resets_without_a_429(
 
 
 def test_budget_arithmetic() -> None:
-    assert policy.budget_hold(2, 30, 110.0, 100.0) is None
-    assert policy.budget_hold(1, 30, 110.0, 100.0) == 110.0
-    assert policy.budget_hold(30, 1000, 400.0, 100.0) == 400.0  # 3% of a large budget
-    assert policy.budget_hold(0, None, 110.0, 100.0) == 110.0
-    assert policy.budget_hold(0, 30, 90.0, 100.0) is None  # already reset
+    assert rules.budget_hold(2, 30, 110.0, 100.0) is None
+    assert rules.budget_hold(1, 30, 110.0, 100.0) == 110.0
+    assert rules.budget_hold(30, 1000, 400.0, 100.0) == 400.0  # 3% of a large budget
+    assert rules.budget_hold(0, None, 110.0, 100.0) == 110.0
+    assert rules.budget_hold(0, 30, 90.0, 100.0) is None  # already reset
 
 
 def test_pace_arithmetic_decreases_on_a_429_and_recovers_gradually() -> None:
-    assert policy.slowed_rate(None, 4.0) == pytest.approx(2.8)  # 70% of what was sent
-    assert policy.slowed_rate(2.0, 4.0) == pytest.approx(1.4)  # or of the pace, if lower
-    assert policy.slowed_rate(None, 0.0) == policy.PACE_MIN
-    assert policy.paced_rate(2.8, 100.0, 100.0) == pytest.approx(2.8)
-    assert policy.paced_rate(2.8, 100.0, 110.0) == pytest.approx(2.8 * 1.4)  # +4% a second
-    assert policy.sent_rate(90, 990.0, 1035.0) == pytest.approx(2.0)
-    assert policy.sent_rate(30, 1035.0, 1035.2) == 30.0  # a first burst: at least a second
+    assert rules.slowed_rate(None, 4.0) == pytest.approx(2.8)  # 70% of what was sent
+    assert rules.slowed_rate(2.0, 4.0) == pytest.approx(1.4)  # or of the pace, if lower
+    assert rules.slowed_rate(None, 0.0) == rules.PACE_MIN
+    assert rules.paced_rate(2.8, 100.0, 100.0) == pytest.approx(2.8)
+    assert rules.paced_rate(2.8, 100.0, 110.0) == pytest.approx(2.8 * 1.4)  # +4% a second
+    assert rules.sent_rate(90, 990.0, 1035.0) == pytest.approx(2.0)
+    assert rules.sent_rate(30, 1035.0, 1035.2) == 30.0  # a first burst: at least a second
 
 
 def test_a_429_from_a_provider_that_states_no_budget_paces_the_account(
@@ -232,8 +232,8 @@ def test_a_429_from_a_provider_that_states_no_budget_paces_the_account(
     provider.script("e0", errors.RateLimited("429", retry_after=2), "running")
     engine = make_engine(make_settings(), redis_client, provider, broker)
     assert engine.guard
-    engine.guard.record("scripted", fake_clock() - 30, calls=30)  # 60 in 30 s: 2/s were sent
-    engine.guard.record("scripted", fake_clock(), calls=30)
+    engine.guard.count_answers("scripted", fake_clock() - 30, calls=30)  # 60 in 30 s: 2/s were sent
+    engine.guard.count_answers("scripted", fake_clock(), calls=30)
     engine.guard.slow_down("scripted", fake_clock())
     rate = engine.guard.pace("scripted", fake_clock())
     assert rate == pytest.approx(1.4)
@@ -251,15 +251,15 @@ def test_a_429_from_a_provider_that_states_no_budget_paces_the_account(
 def test_the_pace_slots_are_shared_by_every_worker(
     redis_client: fakeredis.FakeRedis, fake_clock: Clock
 ) -> None:
-    from export_poller.guards import AccountGuard
+    from export_poller.account.guard import AccountGuard
 
     one, two = (AccountGuard(make_settings(), redis_client) for _ in range(2))
     now = fake_clock()
-    granted = [g.take("scripted", now, 2.0) is None for g in (one, two, one, two)]
+    granted = [g.take_pace_slot("scripted", now, 2.0) is None for g in (one, two, one, two)]
     assert granted == [True, True, True, False]  # 1 s of tolerance at 2/s, then spaced
-    wait = two.take("scripted", now, 2.0)
+    wait = two.take_pace_slot("scripted", now, 2.0)
     assert wait is not None and wait == pytest.approx(0.5)
-    assert one.take("scripted", now + 0.5, 2.0) is None
+    assert one.take_pace_slot("scripted", now + 0.5, 2.0) is None
 
 
 def test_the_table_shows_a_held_account_instead_of_a_countdown() -> None:

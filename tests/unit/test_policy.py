@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from export_poller import policy
+from export_poller.account import rules
 from export_poller.providers import errors
 from export_poller.providers.models import ExportStatus, Progress
 
@@ -170,15 +171,15 @@ def test_callbacks_by_terminal_state() -> None:
 
 
 def test_trains_are_one_request_until_the_provider_has_been_timed() -> None:
-    assert policy.train_size(None, budget=1.0, most=50, batch_size=1) == 1
-    assert policy.train_size(None, budget=1.0, most=50, batch_size=100) == 100
+    assert rules.train_size(None, seconds=1.0, most=50, batch_size=1) == 1
+    assert rules.train_size(None, seconds=1.0, most=50, batch_size=100) == 100
 
 
 def test_fast_providers_get_long_trains_and_slow_ones_short_ones() -> None:
-    assert policy.train_size(0.002, budget=1.0, most=50, batch_size=1) == 50  # capped
-    assert policy.train_size(0.25, budget=1.0, most=50, batch_size=1) == 4
-    assert policy.train_size(5.0, budget=1.0, most=50, batch_size=1) == 1  # never zero
-    assert policy.train_size(0.002, budget=1.0, most=50, batch_size=100) == 100  # one bulk call
+    assert rules.train_size(0.002, seconds=1.0, most=50, batch_size=1) == 50  # capped
+    assert rules.train_size(0.25, seconds=1.0, most=50, batch_size=1) == 4
+    assert rules.train_size(5.0, seconds=1.0, most=50, batch_size=1) == 1  # never zero
+    assert rules.train_size(0.002, seconds=1.0, most=50, batch_size=100) == 100  # one bulk call
 
 
 def test_follow_ups_group_by_due_time_within_the_spread_and_the_cap() -> None:
@@ -205,24 +206,24 @@ def test_only_failures_one_id_could_cause_are_bisected() -> None:
         errors.Maintenance("503 code 0", status_code=503),
         errors.TransportError("timeout"),
     ]
-    assert all(policy.batch_suspect(e) for e in suspects)
-    assert not any(policy.batch_suspect(e) for e in account_wide)
+    assert all(rules.batch_suspect(e) for e in suspects)
+    assert not any(rules.batch_suspect(e) for e in account_wide)
 
 
 def test_bisecting_is_logarithmic_and_bounded() -> None:
-    assert policy.bisect_budget(1) == 0
-    assert policy.bisect_budget(2) == 4
-    assert policy.bisect_budget(100) == 28  # one poison id needs 2 x 7
-    assert policy.halves([1, 2, 3]) == ([1, 2], [3])
+    assert rules.bisect_allowance(1) == 0
+    assert rules.bisect_allowance(2) == 4
+    assert rules.bisect_allowance(100) == 28  # one poison id needs 2 x 7
+    assert rules.halves([1, 2, 3]) == ([1, 2], [3])
 
 
 def test_an_isolated_failure_is_a_refusal_only_while_the_provider_answers_others() -> None:
     exc = errors.ServerError("500", status_code=500)
-    poisoned = policy.isolate(exc, neighbours_answered=True)
+    poisoned = rules.isolate(exc, neighbours_answered=True)
     assert isinstance(poisoned, errors.Poisoned) and poisoned.status_code == 500
-    assert policy.isolate(exc, neighbours_answered=False) is exc  # maybe an outage
+    assert rules.isolate(exc, neighbours_answered=False) is exc  # maybe an outage
     refused = errors.Rejected("400", status_code=400)
-    assert policy.isolate(refused, neighbours_answered=True) is refused  # already a refusal
+    assert rules.isolate(refused, neighbours_answered=True) is refused  # already a refusal
 
 
 def test_a_known_poison_id_failing_alone_again_confirms_its_refusal() -> None:

@@ -12,8 +12,8 @@ import pytest
 import responses
 
 from export_poller.config.settings import AccountSettings, Settings
-from export_poller.providers import base, errors
-from export_poller.providers.models import ExportStatus, StatusError
+from export_poller.providers import answer, errors
+from export_poller.providers.models import ExportStatus, Outcome, StatusError
 from export_poller.providers.sevenbridges import CGC, BioDataCatalyst
 from tests.unit.providers.helpers import ACCOUNT, SECRETS, assert_no_secret, load, make
 
@@ -38,15 +38,15 @@ def _bdc(http: responses.RequestsMock, body: Any, export_id: str = DONE) -> Expo
     return make("biodatacatalyst").fetch(export_id)
 
 
-def _cgc(http: responses.RequestsMock, body: Any, export_ids: list[str]) -> dict[str, base.Outcome]:
+def _cgc(http: responses.RequestsMock, body: Any, export_ids: list[str]) -> dict[str, Outcome]:
     http.add(responses.POST, CGC_URL, json=body)
     return make("cgc").fetch_many(export_ids)
 
 
 @pytest.fixture
 def frozen_clock(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Only the wall clock `retry_after_seconds` reads; durations keep the real monotonic."""
-    monkeypatch.setattr(base, "time", SimpleNamespace(time=lambda: NOW, monotonic=time.monotonic))
+    """Only the wall clock `retry_after_seconds` reads."""
+    monkeypatch.setattr(answer, "time", SimpleNamespace(time=lambda: NOW))
 
 
 # -- BioData Catalyst ------------------------------------------------------------------------
@@ -405,3 +405,30 @@ def test_cgc_batch_bounds() -> None:
         provider.status_request([])
     with pytest.raises(ValueError, match="1 to 100"):
         provider.status_request([f"id{i}" for i in range(101)])
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "error"),
+    [
+        (200, "seed_bulk_completed", None),
+        (500, "error_500", errors.ServerError),
+        (429, "error_429", errors.RateLimited),
+    ],
+)
+def test_the_budget_comes_back_on_the_answer_whatever_its_status(
+    http: responses.RequestsMock, status: int, body: str, error: type[Exception] | None
+) -> None:
+    """The engine holds an account before its stated budget runs out, on a 5xx too: each
+    answer carries the budget its own headers stated, from whichever thread asked."""
+    headers = {"X-RateLimit-Limit": "1000", "X-RateLimit-Remaining": "7"}
+    headers["X-RateLimit-Reset"] = str(int(time.time()) + 60)
+    http.add(responses.POST, CGC_URL, status=status, json=load("cgc", body), headers=headers)
+    answer = make("cgc").ask(SEED_IDS)
+    assert answer.budget is not None and (answer.budget.limit, answer.budget.remaining) == (
+        1000,
+        7,
+    )
+    assert (answer.error is None) if error is None else isinstance(answer.error, error)
+    assert set(answer.outcomes) == set(SEED_IDS)
+    if answer.error is not None:  # every id's outcome is the request's failure, not raised
+        assert all(o is answer.error for o in answer.outcomes.values())

@@ -7,7 +7,7 @@ import math
 
 from export_poller import policy
 from export_poller.providers import errors
-from export_poller.providers.base import MAX_STATED_WAIT, read_budget, retry_after_seconds
+from export_poller.providers.answer import MAX_STATED_WAIT, read_budget, retry_after_seconds
 
 NOW = 1_800_000_000.0
 

@@ -20,8 +20,9 @@ import redis
 from limits.storage import RedisStorage
 from limits.strategies import MovingWindowRateLimiter
 
-from export_poller import policy
+from export_poller.account import rules
 from export_poller.config.settings import Settings
+from export_poller.records import as_text
 
 # Extend an account's hold only forward (two workers' 429s: the later time wins) and count it;
 # mark the account as limited for a while (its trains then read the hold before every request).
@@ -52,13 +53,13 @@ return ''
 
 
 @dataclass(frozen=True)
-class Gate:
-    """An account's shared state as a train reads it: seconds to wait (None: go), its learned
+class GateReading:
+    """An account's shared gate as a train reads it: seconds to wait (None: go), its learned
     pace (requests per second, None: unpaced), and whether it was held in the last minutes."""
 
     wait: float | None
     pace: float | None
-    limited: bool
+    held_lately: bool
 
 
 class AccountGuard:
@@ -84,16 +85,17 @@ class AccountGuard:
             self._limiter = MovingWindowRateLimiter(storage)
         return self._limiter
 
-    def admit(self, account: str, now: float, *, breaker: bool = True) -> float | None:
-        """None to go ahead (one request of budget is spent), or how many seconds to wait.
+    def take_slot(self, account: str, now: float) -> float | None:
+        """The whole gate for a request on its own (a refresh): the hold and the breaker, then
+        a slot of the configured rate limit. None to go, or seconds to wait."""
+        wait = self.read(account, now).wait
+        return wait if wait is not None else self.take_rate_slot(account, now)
 
-        `breaker=False` skips reading the hold and the breaker: a train reads them before its
-        first request, after a failure and every quarter second, not before every request.
-        """
-        if breaker:
-            wait = self.blocked(account, now)
-            if wait is not None:
-                return wait
+    def take_rate_slot(self, account: str, now: float) -> float | None:
+        """One request's slot of the account's configured rate limit (POLLER_ACCOUNTS__X__
+        RATE_LIMIT): None to go (the slot is spent), or seconds to wait. A train reads the
+        hold and the breaker itself, at its start, after a failure and every quarter second,
+        not before every request."""
         item = (
             _limit(self.settings.accounts[account].rate_limit)
             if account in self.settings.accounts
@@ -104,11 +106,7 @@ class AccountGuard:
         reset = self.limiter.get_window_stats(item, account).reset_time
         return max(0.05, reset - time.time())
 
-    def blocked(self, account: str, now: float) -> float | None:
-        """Seconds until the account's hold ends or its breaker closes, whichever is later."""
-        return self.check(account, now).wait
-
-    def check(self, account: str, now: float) -> Gate:
+    def read(self, account: str, now: float) -> GateReading:
         """In one round trip: how long the account must wait (hold, open breaker), its learned
         pace, and whether it was held lately."""
         base = f"{self.prefix}:{account}"
@@ -116,12 +114,12 @@ class AccountGuard:
         values = cast(list[Any], self.r.mget(keys))
         until = max((float(v) for v in values[:2] if v is not None), default=0.0)
         wait = until - now if until > now else None
-        return Gate(wait, _pace(values[2], now), values[3] is not None)
+        return GateReading(wait, _pace(values[2], now), values[3] is not None)
 
-    def take(self, account: str, now: float, rate: float) -> float | None:
+    def take_pace_slot(self, account: str, now: float, rate: float) -> float | None:
         """One request's slot at the account's learned pace: None to go, or seconds to wait."""
-        args = [repr(now), repr(1.0 / rate), repr(policy.pace_tolerance(rate))]
-        wait = _text(self._pace(keys=[f"{self.prefix}:{account}:tat"], args=args))
+        args = [repr(now), repr(1.0 / rate), repr(rules.pace_tolerance(rate))]
+        wait = as_text(self._pace(keys=[f"{self.prefix}:{account}:tat"], args=args))
         return float(wait) if wait else None
 
     def slow_down(self, account: str, now: float) -> float:
@@ -133,10 +131,10 @@ class AccountGuard:
         old_calls, old_since, calls, since = cast(list[Any], self.r.mget(keys))
         first = old_since if old_calls is not None and old_since is not None else since
         total = int(old_calls or 0) + int(calls or 0)
-        sent = policy.sent_rate(total, float(first) if first is not None else now, now)
+        sent = rules.sent_rate(total, float(first) if first is not None else now, now)
         current = _pace(self.r.get(f"{base}:pace"), now)
-        rate = policy.slowed_rate(current, sent)
-        self.r.set(f"{base}:pace", f"{rate!r}|{now!r}", ex=int(policy.PACE_MEMORY))
+        rate = rules.slowed_rate(current, sent)
+        self.r.set(f"{base}:pace", f"{rate!r}|{now!r}", ex=int(rules.PACE_MEMORY))
         return rate
 
     def pace(self, account: str, now: float) -> float | None:
@@ -155,7 +153,7 @@ class AccountGuard:
                     self.metrics,
                     f"{self.prefix}:{account}:lim",
                 ],
-                args=[repr(until), keep_ms, field, int(policy.PACE_MEMORY)],
+                args=[repr(until), keep_ms, field, int(rules.PACE_MEMORY)],
             )
         )
 
@@ -165,7 +163,7 @@ class AccountGuard:
         until = float(cast(Any, value)) if value is not None else 0.0
         return until if until > now else None
 
-    def record(self, account: str, now: float, *, calls: int = 1, failures: int = 0) -> bool:
+    def count_answers(self, account: str, now: float, *, calls: int = 1, failures: int = 0) -> bool:
         """Count answers (`failures` of `calls` were 5xx or timeouts); True when they tripped
         the breaker. A train counts its healthy answers in one call, failures as they come."""
         s = self.settings
@@ -180,7 +178,7 @@ class AccountGuard:
             pipe.expire(f"{base}:f:{window}", ttl)
             pipe.exists(f"{base}:trips")
             total, _, _, failed, _, tripped_before = pipe.execute()
-        if not policy.breaker_trips(
+        if not rules.breaker_trips(
             total, failed, min_calls=s.breaker_min_calls, ratio=s.breaker_ratio
         ):
             if tripped_before and total >= s.breaker_min_calls:
@@ -192,14 +190,15 @@ class AccountGuard:
         s = self.settings
         trips = int(cast(Any, self.r.incr(f"{base}:trips")))
         self.r.expire(f"{base}:trips", int(4 * s.breaker_max_cooldown))
-        cooldown = policy.breaker_cooldown(
+        cooldown = rules.breaker_cooldown(
             trips, base=s.breaker_cooldown, maximum=s.breaker_max_cooldown
         )
         self.r.set(f"{base}:open", repr(now + cooldown), px=int(cooldown * 1000))
         self.r.delete(f"{base}:t:{window}", f"{base}:f:{window}")
         return True
 
-    def state(self, account: str, now: float) -> str:
+    def breaker_state(self, account: str, now: float) -> str:
+        """ "open" while the account's breaker pauses its polls, else "closed"."""
         open_until = self.r.get(f"{self.prefix}:{account}:open")
         return "open" if open_until is not None and float(cast(Any, open_until)) > now else "closed"
 
@@ -209,13 +208,9 @@ def _limit(text: str | None) -> limits.RateLimitItem | None:
     return limits.parse(text) if text else None
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value or "")
-
-
 def _pace(value: Any, now: float) -> float | None:
     """A stored pace "rate|since", grown back to what it is now."""
     if value is None:
         return None
-    rate, _, since = _text(value).partition("|")
-    return policy.paced_rate(float(rate), float(since), now)
+    rate, _, since = as_text(value).partition("|")
+    return rules.paced_rate(float(rate), float(since), now)

@@ -1,0 +1,123 @@
+"""`export-poller track`: start tracking an export, and say what can be told about its callbacks."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import click
+
+from export_poller.cli import JSON_HELP, main, user_errors
+from export_poller.providers.errors import ConfigurationError
+
+_QUEUE = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
+
+
+@main.command()
+@click.argument("provider")
+@click.argument("export_id")
+@click.option("--account", help="Account name (defaults to the provider's name).")
+@click.option("--on-complete", help="Task name called with the final record on completion.")
+@click.option("--on-failure", help="Task name called with the final record on failure/timeout.")
+@click.option(
+    "--callback-queue",
+    help="Queue the callbacks go to (your workers'); default POLLER_CALLBACK_QUEUE, else ours.",
+)
+@click.option("--tracking-id", help="Your own tracking id (8-64 of A-Z a-z 0-9 - _).")
+@click.option("--metadata", help="JSON object kept with the export and passed to callbacks.")
+@click.option("--timeout", type=float, help="Seconds before the export times out.")
+@click.option(
+    "--no-queue-check",
+    is_flag=True,
+    help="Skip asking the workers (1 s) whether one consumes --callback-queue.",
+)
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+@user_errors
+def track(
+    provider: str,
+    export_id: str,
+    account: str | None,
+    on_complete: str | None,
+    on_failure: str | None,
+    callback_queue: str | None,
+    tracking_id: str | None,
+    metadata: str | None,
+    timeout: float | None,
+    no_queue_check: bool,
+    as_json: bool,
+) -> None:
+    """Start tracking PROVIDER's export EXPORT_ID; prints the tracking id.
+
+    A callback's task must be one your own workers run: name their queue with
+    --callback-queue (or POLLER_CALLBACK_QUEUE), or the callback goes to this service's
+    queue, whose workers discard a task they do not know (a warning says so)."""
+    from export_poller.api import track_export
+
+    sigs = {
+        name: _cli_signature(task, callback_queue)
+        for name, task in (("on_complete", on_complete), ("on_failure", on_failure))
+    }
+    tid = track_export(
+        provider,
+        export_id,
+        account=account,
+        metadata=_json_metadata(metadata),
+        timeout=timeout,
+        tracking_id=tracking_id,
+        **sigs,
+    )
+    warnings = _warnings(sigs, ask_workers=not no_queue_check)
+    if as_json:
+        click.echo(json.dumps({"tracking_id": tid, "warnings": warnings}, indent=2))
+        return
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(tid)
+
+
+def _json_metadata(text: str | None) -> Any:
+    try:
+        return json.loads(text) if text else None
+    except ValueError as exc:
+        raise ConfigurationError(f"--metadata is not JSON: {exc}") from exc
+
+
+def _warnings(sigs: dict[str, Any], *, ask_workers: bool) -> list[str]:
+    """What can be told about the callbacks as they will be sent; asking the workers whether
+    one consumes each callback queue costs a second."""
+    from export_poller.api import callback_signature, callback_warnings
+
+    routed = [callback_signature(sig, name) for name, sig in sigs.items() if sig]
+    warnings = callback_warnings(*routed)
+    return warnings + _consumer_warnings(routed) if ask_workers else warnings
+
+
+def _consumer_warnings(signatures: list[Any]) -> list[str]:
+    """Ask the workers once whether one consumes each callback queue other than ours."""
+    from export_poller.api import queue_has_consumer
+    from export_poller.config.settings import get_settings
+
+    queues = {(s.get("options") or {}).get("queue") for s in signatures if isinstance(s, dict)}
+    out = []
+    for queue in sorted(q for q in queues if isinstance(q, str) and q != get_settings().queue):
+        try:
+            found = queue_has_consumer(queue)
+        except Exception as exc:  # a check, not the command: the export is tracked
+            out.append(f"could not ask the workers about queue {queue!r}: {type(exc).__name__}")
+            continue
+        if found is None:
+            out.append(f"no worker answered on this broker: is one consuming queue {queue!r}?")
+        elif not found:
+            out.append(f"no worker on this broker consumes queue {queue!r} yet: callbacks wait")
+    return out
+
+
+def _cli_signature(task: str | None, queue: str | None) -> Any:
+    from celery import signature
+
+    if queue is not None and not _QUEUE.match(queue):
+        raise ConfigurationError(f"--callback-queue {queue!r} is not a queue name")
+    if not task:
+        return None
+    return signature(task, queue=queue) if queue else signature(task)
