@@ -1,35 +1,12 @@
-"""The Redis store: the truth about every tracked export.
-
-Keys (prefix `ep` by default):
-
-    {p}:x:{tid}        hash    one record per tracked export; small scalar fields only while
-                               active, so Redis keeps it as a compact listpack
-    {p}:idem           hash    digest(account, export id) -> tid while the export is active
-    {p}:sched          zset    tid -> when the sweep must next look at it: the next poll time of
-                               a parked poll, the rescue time of one handed to Celery or in
-                               flight; a due entry past its deadline is expired instead
-    {p}:outbox         zset    tid -> when its callback is (re)dispatched
-    {p}:deadletter     zset    tid -> when its callback was given up after failed dispatches
-    {p}:due:{acct}     zset    tid -> next poll time, per account: a poll task takes the
-                               account's other due exports along in one run (a train)
-    {p}:sig:{digest}   string  a callback signature, shared by every export that names it
-    {p}:accounts       set     every account with tracked exports: the fair sweep's round
-    {p}:flight         zset    "{acct}|{first tid}" -> when to stop counting it: poll messages
-                               handed to the broker and not yet started (the bounded backlog)
-    {p}:flight_n       hash    account -> its messages in {p}:flight
-    {p}:waiting        set     accounts with due polls turned away by the bound, for the sweep
-    {p}:metrics        hash    counters and gauges for Prometheus, kept by the same scripts
+"""The Redis store: every read and atomic write of tracked exports (key names: keys.py).
 
 Every change of state is one Lua script, so two workers, two beats or a replayed message can
 never both move an export or both dispatch its callback. Broker messages carry only tracking ids
-and poll tokens; a message whose token is not the record's current one does nothing. Scripts
-touch keys they derive from a record (the idempotency and per-account keys), so the store
-assumes one Redis server (not Redis Cluster), as Celery's Redis transport does.
+and poll tokens; a message whose token is not the record's current one does nothing.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -38,11 +15,11 @@ from typing import Any, cast
 
 import redis
 
-Arg = str | int | float
+from export_poller.store import codec
+from export_poller.store.codec import Arg
+from export_poller.store.keys import Keys
 
-ACTIVE = ("pending", "running")
 _SIG_SLACK = 3600.0
-DIGEST_CHARS = 20
 # Seconds a poll may run before its planned time: covers clock skew between workers and the
 # engine's train spread (follow-ups up to 1 s apart leave in one message at the earliest time).
 # Only our own backoff is this loose: a record's `not_before` (a provider's Retry-After or
@@ -441,59 +418,16 @@ class Write:
     outcome: str = "unknown"
 
 
-def idem_digest(account: str, export_id: str) -> str:
-    """Short enough to keep the record a listpack, long enough (80 bits) never to collide."""
-    text = f"{account}\n{export_id}".encode()
-    return hashlib.sha1(text, usedforsecurity=False).hexdigest()[:DIGEST_CHARS]
-
-
-def _pairs(fields: Mapping[str, Any]) -> list[Arg]:
-    out: list[Arg] = []
-    for key, value in fields.items():
-        out += [key, _encode(value)]
-    return out
-
-
-def _encode(value: Any) -> str:
-    """Compact text for a hash field: millisecond timestamps, JSON without spaces."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return str(int(value))
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return f"{value:.3f}".rstrip("0").rstrip(".")
-    return json.dumps(value, separators=(",", ":"), sort_keys=True)
-
-
-def _hash(flat: list[Any]) -> dict[str, str]:
-    return dict(zip(flat[::2], flat[1::2], strict=True))
-
-
-def _fields(flat: list[Any]) -> dict[str, str]:
-    return _hash([_text(x) for x in flat])
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 class Store:
     """Every read and atomic write of tracked exports; the only module that knows the key layout."""
 
     def __init__(self, client: redis.Redis, prefix: str = "ep") -> None:
         self.r = client
         self.prefix = prefix
-        self.sched = f"{prefix}:sched"
-        self.outbox = f"{prefix}:outbox"
-        self.deadletter = f"{prefix}:deadletter"
-        self.metrics = f"{prefix}:metrics"
-        self.idem = f"{prefix}:idem"
-        self.accounts = f"{prefix}:accounts"
-        self.flight = f"{prefix}:flight"
-        self.flight_n = f"{prefix}:flight_n"
-        self.waiting = f"{prefix}:waiting"
+        self.keys = keys = Keys(prefix)
+        self.sched, self.outbox, self.deadletter = keys.sched, keys.outbox, keys.deadletter
+        self.metrics, self.idem, self.accounts = keys.metrics, keys.idem, keys.accounts
+        self.flight, self.flight_n, self.waiting = keys.flight, keys.flight_n, keys.waiting
         self._sig_expiry: dict[str, float] = {}
         self._track = client.register_script(_TRACK)
         self._claim = client.register_script(_CLAIM)
@@ -510,10 +444,10 @@ class Store:
         self._take_due = client.register_script(_TAKE_DUE)
 
     def key(self, tid: str) -> str:
-        return f"{self.prefix}:x:{tid}"
+        return self.keys.record(tid)
 
     def due_key(self, account: str) -> str:
-        return f"{self.prefix}:due:{account}"
+        return self.keys.due(account)
 
     # -- callback signatures -----------------------------------------------------------------
 
@@ -524,15 +458,15 @@ class Store:
         new export needs more than an hour beyond what this process last set.
         """
         text = json.dumps(signature, separators=(",", ":"), sort_keys=True)
-        ref = hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()[:DIGEST_CHARS]
+        ref = codec.digest(text)
         needed = time.time() + ttl
         if self._sig_expiry.get(ref, 0.0) < needed:
-            self.r.set(f"{self.prefix}:sig:{ref}", text, ex=max(1, int(ttl + _SIG_SLACK)))
+            self.r.set(self.keys.signature(ref), text, ex=max(1, int(ttl + _SIG_SLACK)))
             self._sig_expiry[ref] = needed + _SIG_SLACK
         return ref
 
     def get_signature(self, ref: str) -> dict[str, Any] | None:
-        text = self.r.get(f"{self.prefix}:sig:{ref}")
+        text = self.r.get(self.keys.signature(ref))
         return cast(dict[str, Any], json.loads(cast(bytes, text))) if text else None
 
     # -- state changes -----------------------------------------------------------------------
@@ -575,17 +509,17 @@ class Store:
         grace: float,
     ) -> tuple[bool, str, bool]:
         account, export_id = str(fields["account"]), str(fields["export_id"])
-        digest = idem_digest(account, export_id)
-        args: list[Arg] = [tid, digest, rescue_at, _encode(fields["next_poll_at"])]
-        args += [f"{self.prefix}:x:", cap, grace, *_pairs({**fields, "idem": digest})]
+        digest = codec.idem_digest(account, export_id)
+        args: list[Arg] = [tid, digest, rescue_at, codec.encode(fields["next_poll_at"])]
+        args += [f"{self.prefix}:x:", cap, grace, *codec.pairs({**fields, "idem": digest})]
         keys = [self.idem, self.key(tid), self.sched, self.metrics, self.due_key(account)]
         keys.append(self.accounts)
         created, existing, admitted = script(keys=keys, args=args)
-        return bool(created), _text(existing), bool(admitted)
+        return bool(created), codec.text(existing), bool(admitted)
 
     def note_finished(self, tid: str, counter: str, fields: Mapping[str, Any]) -> int | None:
         """Write fields on a finished record and count the event; None if it is not finished."""
-        args: list[Arg] = [counter, *_pairs(fields)]
+        args: list[Arg] = [counter, *codec.pairs(fields)]
         count = int(self._note_finished(keys=[self.key(tid)], args=args))
         return None if count < 0 else count
 
@@ -605,7 +539,9 @@ class Store:
             args += [tid, token]
         replies = self._claim(keys=[self.sched], args=args)
         return [
-            _text(reply) if isinstance(reply, bytes | str) else Claim(tid, claim_id, _fields(reply))
+            codec.text(reply)
+            if isinstance(reply, bytes | str)
+            else Claim(tid, claim_id, codec.fields(reply))
             for (tid, _), reply in zip(pairs, replies, strict=True)
         ]
 
@@ -623,7 +559,7 @@ class Store:
                 tid = w.claim.tracking_id
                 args: list[Arg] = [tid, w.claim.claim_id, int(w.terminal), w.sched_score or 0]
                 args += [w.now, "" if w.terminal else w.new_token, f"{self.prefix}:"]
-                args += [w.fields.get("next_poll_at") or 0, w.outcome, *_pairs(w.fields)]
+                args += [w.fields.get("next_poll_at") or 0, w.outcome, *codec.pairs(w.fields)]
                 self._commit(keys=[self.key(tid), self.sched, self.outbox], args=args, client=pipe)
             return [bool(x) for x in pipe.execute()]
 
@@ -640,7 +576,7 @@ class Store:
     ) -> bool:
         """Force an active export into a terminal state (cancel, deadline expiry)."""
         args: list[Arg] = [tid, state, now, int(notify), int(respect_lease), int(ttl)]
-        args += [f"{self.prefix}:", *_pairs(fields)]
+        args += [f"{self.prefix}:", *codec.pairs(fields)]
         keys = [self.key(tid), self.sched, self.outbox]
         return bool(self._finish(keys=keys, args=args))
 
@@ -650,7 +586,7 @@ class Store:
         for it, so an export tracked before accounts were kept is found too."""
         args: list[Arg] = [now, rescue_at, limit, f"{self.prefix}:x:", grace]
         expired = self._due(keys=[self.sched, self.accounts], args=args)
-        return [_text(x) for x in expired]
+        return [codec.text(x) for x in expired]
 
     # -- the bounded backlog and the fair sweep ------------------------------------------------
 
@@ -677,7 +613,7 @@ class Store:
     def share_state(self, now: float, grace: float) -> tuple[int, dict[str, tuple[int, int]]]:
         """Ready messages of the fleet, and per account (due polls, ready messages)."""
         flat = self._share_state(keys=[self.flight], args=[now, f"{self.prefix}:", grace])
-        rows = [_text(x) for x in flat[1:]]
+        rows = [codec.text(x) for x in flat[1:]]
         accounts = {
             acct: (int(due), int(ready))
             for acct, due, ready in zip(rows[::3], rows[1::3], rows[2::3], strict=True)
@@ -693,9 +629,9 @@ class Store:
         for account, most, size in wants:
             args += [account, most, size]
         send, expired = self._take_due(keys=[self.sched], args=args)
-        flat = [_text(x) for x in send]
+        flat = [codec.text(x) for x in send]
         taken = list(zip(flat[::3], flat[1::3], flat[2::3], strict=True))
-        return taken, [_text(x) for x in expired]
+        return taken, [codec.text(x) for x in expired]
 
     def backlog(self, now: float) -> dict[str, Any]:
         """For views: poll messages in the broker (ready now, all), per account, and due polls
@@ -709,7 +645,7 @@ class Store:
         return {
             "ready": int(ready),
             "in_broker": int(total),
-            "by_account": {_text(k): int(v) for k, v in per_account.items()},
+            "by_account": {codec.text(k): int(v) for k, v in per_account.items()},
             "due_in_redis": int(due),
         }
 
@@ -729,7 +665,7 @@ class Store:
         args: list[Arg] = [now, lease_until, claim_id, limit, f"{self.prefix}:x:", due_by]
         flat = self._claim_due(keys=[self.due_key(account), self.sched], args=args)
         return [
-            Claim(_text(tid), claim_id, _fields(fields))
+            Claim(codec.text(tid), claim_id, codec.fields(fields))
             for tid, fields in zip(flat[::2], flat[1::2], strict=True)
         ]
 
@@ -737,14 +673,14 @@ class Store:
 
     def outbox_due(self, now: float, limit: int) -> list[str]:
         ids = self.r.zrangebyscore(self.outbox, "-inf", now, start=0, num=limit)
-        return [_text(x) for x in cast(list[Any], ids)]
+        return [codec.text(x) for x in cast(list[Any], ids)]
 
     def claim_outbox(self, tid: str, *, now: float, retry_at: float) -> dict[str, str] | None:
         """Take one callback to dispatch; None if another dispatcher has it or it is gone."""
         reply = self._claim_outbox(keys=[self.outbox, self.key(tid)], args=[tid, now, retry_at])
         if not reply:
             return None
-        return _fields(reply)
+        return codec.fields(reply)
 
     def ack_outbox(
         self, tid: str, *, now: float, ttl: float, provider: str = "", lag: float | None = None
@@ -755,7 +691,7 @@ class Store:
             if lag is not None:
                 pipe.hincrby(self.metrics, f"callbacks|{provider}", 1)
                 pipe.hincrbyfloat(self.metrics, f"callback_lag_sum|{provider}", max(lag, 0.0))
-            pipe.hset(self.key(tid), "callback_at", _encode(now))
+            pipe.hset(self.key(tid), "callback_at", codec.encode(now))
             pipe.expire(self.key(tid), int(ttl))
             pipe.execute()
 
@@ -772,7 +708,7 @@ class Store:
         with self.r.pipeline(transaction=True) as pipe:
             pipe.zrem(self.outbox, tid)
             pipe.zadd(self.deadletter, {tid: now})
-            pipe.hset(key, mapping={"callback_error": error, "callback_dead_at": _encode(now)})
+            pipe.hset(key, mapping={"callback_error": error, "callback_dead_at": codec.encode(now)})
             pipe.expire(key, int(ttl))
             pipe.execute()
         return True
@@ -781,20 +717,19 @@ class Store:
 
     def get(self, tid: str) -> dict[str, str] | None:
         raw = cast(dict[Any, Any], self.r.hgetall(self.key(tid)))
-        return {_text(k): _text(v) for k, v in raw.items()} or None
+        return {codec.text(k): codec.text(v) for k, v in raw.items()} or None
 
     def iter_ids(self, count: int = 1000) -> Iterator[str]:
         """Every tracking id, by SCAN: for the CLI and operators, never on the poll path."""
-        cut = len(self.prefix) + 3
-        for key in self.r.scan_iter(match=f"{self.prefix}:x:*", count=count):
-            yield _text(key)[cut:]
+        for key in self.r.scan_iter(match=self.keys.records_matching(), count=count):
+            yield self.keys.tid_of(codec.text(key))
 
     def ids_with_prefix(self, prefix: str, limit: int = 10) -> list[str]:
         """Tracking ids starting with `prefix` (an operator's shortened id), at most `limit`;
         a SCAN, so for the CLI only. The prefix must hold no glob characters."""
-        cut, found = len(self.prefix) + 3, []
-        for key in self.r.scan_iter(match=f"{self.prefix}:x:{prefix}*", count=1000):
-            found.append(_text(key)[cut:])
+        found = []
+        for key in self.r.scan_iter(match=self.keys.records_matching(prefix), count=1000):
+            found.append(self.keys.tid_of(codec.text(key)))
             if len(found) >= limit:
                 break
         return sorted(found)
@@ -805,7 +740,7 @@ class Store:
 
     def metric_fields(self) -> dict[str, float]:
         raw = cast(dict[Any, Any], self.r.hgetall(self.metrics))
-        return {_text(k): float(_text(v)) for k, v in raw.items()}
+        return {codec.text(k): float(codec.text(v)) for k, v in raw.items()}
 
     def counts(self) -> dict[str, int]:
         return {
