@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.client import Pipeline
 
 from export_poller.store import codec, lua
 from export_poller.store.codec import Arg
@@ -62,11 +63,14 @@ class Claims(Part):
     def claim_many(
         self, pairs: Sequence[tuple[str, str]], claim_id: str, *, now: float, lease_until: float
     ) -> list[Claim | str]:
-        """`claim` for every (tid, token) a message names, in one round trip."""
-        args: list[Arg] = [now, lease_until, claim_id, _EARLY, f"{self.keys.prefix}:"]
+        """`claim` for every (tid, token) a message names, in one round trip. The message names
+        no account, so the script defers the moves of the account's keys (lib/deferred.lua)."""
+        k = self.keys
+        keys = [k.sched, k.flight, k.flight_n, k.deferred, *(k.record(tid) for tid, _ in pairs)]
+        args: list[Arg] = [now, lease_until, claim_id, _EARLY]
         for tid, token in pairs:
             args += [tid, token]
-        replies = self._claim(keys=[self.keys.sched], args=args)
+        replies = self._claim(keys=keys, args=args)
         return [
             codec.text(reply)
             if isinstance(reply, bytes | str)
@@ -84,34 +88,59 @@ class Claims(Part):
         due_by: float,
         limit: int,
     ) -> list[Claim]:
-        """Take up to `limit` more polls of one account due by `due_by`, to ride along."""
+        """Take up to `limit` more polls of one account due by `due_by`, to ride along: the
+        due index is read first, then the script claims from what was read."""
         if limit <= 0:
             return []
-        args: list[Arg] = [now, lease_until, claim_id, limit, f"{self.keys.prefix}:x:", due_by]
-        flat = self._claim_due(keys=[self.keys.due(account), self.keys.sched], args=args)
+        (tids,) = self._due_ids([(account, due_by, 2 * limit)])
+        if not tids:
+            return []
+        k = self.keys
+        keys = [k.due(account), k.sched, k.deferred, k.flight_of(account), *map(k.record, tids)]
+        args: list[Arg] = [now, lease_until, claim_id, limit, due_by, account, *tids]
+        flat = self._claim_due(keys=keys, args=args)
         return [
             Claim(codec.text(tid), claim_id, codec.fields(fields))
             for tid, fields in zip(flat[::2], flat[1::2], strict=True)
         ]
 
-    def release(self, claims: Sequence[Claim], *, rescue_at: float) -> None:
-        """Give back claims a poll took but did not get to; their tokens stay valid."""
-        if claims:
-            args: list[Arg] = [claims[0].claim_id, rescue_at, f"{self.keys.prefix}:"]
-            self._release(keys=[self.keys.sched], args=args + [c.tracking_id for c in claims])
+    def release(
+        self, claims: Sequence[Claim], *, rescue_at: float, pipeline: Pipeline | None = None
+    ) -> None:
+        """Give back claims a poll took but did not get to; their tokens stay valid. One
+        script per account of the claims (a run's claims are of one account)."""
+        if not claims:
+            return
+        by_account: dict[str, list[str]] = {}
+        for c in claims:
+            by_account.setdefault(c.fields["account"], []).append(c.tracking_id)
+        k = self.keys
+        with self.r.pipeline(transaction=False) as own:
+            pipe = own if pipeline is None else pipeline
+            for account, tids in by_account.items():
+                keys = [k.sched, k.due(account), k.deferred, k.flight_of(account)]
+                args: list[Arg] = [claims[0].claim_id, rescue_at, account, *tids]
+                self._release(keys=keys + [k.record(t) for t in tids], args=args, client=pipe)
+            if pipeline is None:
+                own.execute()
 
     def commit_many(self, writes: Sequence[Write]) -> list[bool]:
         """Write each poll's result if its claim still holds (terminal writes also fill the
-        outbox): a whole train in one round trip, each write succeeding on its own."""
+        outbox): a whole train in one round trip, each write succeeding on its own. The first
+        write of each account applies the claims' deferred updates to its keys."""
+        settled: set[str] = set()
         with self.r.pipeline(transaction=False) as pipe:
             for w in writes:
-                tid = w.claim.tracking_id
-                args: list[Arg] = [tid, w.claim.claim_id, int(w.terminal), w.sched_score or 0]
-                args += [w.now, "" if w.terminal else w.new_token, f"{self.keys.prefix}:"]
-                args += [w.fields.get("next_poll_at") or 0, w.outcome, *codec.pairs(w.fields)]
-                self._commit(
-                    keys=[self.keys.record(tid), self.keys.sched, self.keys.outbox],
-                    args=args,
-                    client=pipe,
-                )
+                account = w.claim.fields["account"]
+                self.commit(w, pipe, settle=account not in settled)
+                settled.add(account)
             return [bool(x) for x in pipe.execute()]
+
+    def commit(self, w: Write, pipeline: Pipeline, *, settle: bool = True) -> None:
+        """Queue one poll's commit on `pipeline` (its reply: 1 written, 0 claim lost)."""
+        k, tid, account = self.keys, w.claim.tracking_id, w.claim.fields["account"]
+        keys = [k.record(tid), k.sched, k.outbox, k.metrics, k.idem, k.due(account)]
+        args: list[Arg] = [tid, w.claim.claim_id, int(w.terminal), w.sched_score or 0, w.now]
+        args += ["" if w.terminal else w.new_token, w.fields.get("next_poll_at") or 0]
+        args += [w.outcome, account if settle else "", *codec.pairs(w.fields)]
+        self._commit(keys=[*keys, k.deferred, k.flight_of(account)], args=args, client=pipeline)

@@ -10,7 +10,7 @@ import redis
 from export_poller.store import codec, lua
 from export_poller.store.codec import Arg
 from export_poller.store.keys import Keys
-from export_poller.store.part import Part
+from export_poller.store.part import REREADS, Part
 
 
 class Records(Part):
@@ -22,7 +22,7 @@ class Records(Part):
         self._track_as = lua.register(client, "track_as")
         self._note_finished = lua.register(client, "note_finished")
         self._finish = lua.register(client, "finish")
-        self._due = lua.register(client, "due")
+        self._overdue = lua.register(client, "overdue")
 
     def track(
         self,
@@ -61,20 +61,22 @@ class Records(Part):
         cap: int,
         grace: float,
     ) -> tuple[bool, str, bool]:
-        account, export_id = str(fields["account"]), str(fields["export_id"])
-        digest = codec.idem_digest(account, export_id)
-        args: list[Arg] = [tid, digest, rescue_at, codec.encode(fields["next_poll_at"])]
-        args += [f"{self.keys.prefix}:x:", cap, grace, *codec.pairs({**fields, "idem": digest})]
-        keys = [
-            self.keys.idem,
-            self.keys.record(tid),
-            self.keys.sched,
-            self.keys.metrics,
-            self.keys.due(account),
-        ]
-        keys.append(self.keys.accounts)
-        created, existing, admitted = script(keys=keys, args=args)
-        return bool(created), codec.text(existing), bool(admitted)
+        """The track script, sent again (naming that tracking's record) while the idempotency
+        index names another tracking than the one this call last saw there."""
+        k, account = self.keys, str(fields["account"])
+        digest = codec.idem_digest(account, str(fields["export_id"]))
+        keys = [k.idem, k.record(tid), k.sched, k.metrics, k.accounts, k.due(account)]
+        keys += [k.flight, k.flight_n, k.flight_of(account), k.waiting, k.deferred]
+        head: list[Arg] = [tid, digest, rescue_at, codec.encode(fields["next_poll_at"]), cap, grace]
+        tail = codec.pairs({**fields, "idem": digest})
+        other = ""
+        for _ in range(REREADS):
+            named = [k.record(other)] if other else []
+            created, existing, admitted = script(keys=keys + named, args=[*head, other, *tail])
+            if int(created) >= 0:
+                return bool(created), codec.text(existing), bool(admitted)
+            other = codec.text(existing)
+        raise RuntimeError(f"the idempotency index kept changing under tracking id {tid}")
 
     def note_finished(self, tid: str, counter: str, fields: Mapping[str, Any]) -> int | None:
         """Write fields on a finished record and count the event; None if it is not finished."""
@@ -93,18 +95,33 @@ class Records(Part):
         respect_lease: bool,
         ttl: float,
     ) -> bool:
-        """Force an active export into a terminal state (cancel, deadline expiry)."""
-        args: list[Arg] = [tid, state, now, int(notify), int(respect_lease), int(ttl)]
-        args += [f"{self.keys.prefix}:", *codec.pairs(fields)]
-        keys = [self.keys.record(tid), self.keys.sched, self.keys.outbox]
-        return bool(self._finish(keys=keys, args=args))
+        """Force an active export into a terminal state (cancel, deadline expiry). Costs a
+        read of the record's account first: the script needs its account's keys."""
+        k, record = self.keys, self.keys.record(tid)
+        middle: list[Arg] = [now, int(notify), int(respect_lease), int(ttl)]
+        for _ in range(REREADS):
+            account = self.r.hget(record, "account")
+            if account is None:
+                return False
+            acct = codec.text(account)
+            keys = [record, k.sched, k.outbox, k.metrics, k.idem, k.due(acct), k.deferred]
+            args = [tid, state, *middle, acct, *codec.pairs(fields)]
+            done = int(self._finish(keys=[*keys, k.flight_of(acct)], args=args))
+            if done >= 0:
+                return bool(done)
+        return False
 
     def due(self, now: float, rescue_at: float, limit: int, grace: float) -> list[str]:
         """Exports past their deadline, re-armed for rescue so one sweep expires each once.
         Other due entries are left to the fair sweep (`take_due`); their accounts are noted
         for it, so an export tracked before accounts were kept is found too."""
-        args: list[Arg] = [now, rescue_at, limit, f"{self.keys.prefix}:x:", grace]
-        expired = self._due(keys=[self.keys.sched, self.keys.accounts], args=args)
+        k = self.keys
+        found = self.r.zrangebyscore(k.sched, "-inf", now, start=0, num=limit)
+        tids = [codec.text(x) for x in cast(list[Any], found)]
+        if not tids:
+            return []
+        keys = [k.sched, k.accounts, *map(k.record, tids)]
+        expired = self._overdue(keys=keys, args=[now, rescue_at, grace, *tids])
         return [codec.text(x) for x in expired]
 
     def get(self, tid: str) -> dict[str, str] | None:

@@ -1,6 +1,14 @@
--- claim_outbox: take one callback to dispatch.
--- KEYS[1] {p}:outbox, KEYS[2] the record
--- ARGV: tid, now, retry at.
+-- claim_outbox: take one callback to dispatch, pushing its outbox entry out to `retry at` so
+-- no other dispatcher takes it meanwhile.
+--
+-- KEYS[1]    {p}:outbox         callbacks due for dispatch
+-- KEYS[2]    {p}:x:{tid}        the record
+--
+-- ARGV[1]    tid
+-- ARGV[2]    now
+-- ARGV[3]    retry at           when the callback is dispatched again if this one is lost
+--
+-- Returns the record (HGETALL; empty if it is gone), or nil if another dispatcher has it.
 
 local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not s or tonumber(s) > tonumber(ARGV[2]) then return false end
