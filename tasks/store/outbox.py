@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any, cast
 
 import redis
+from redis.client import Pipeline
 
 from export_poller.store import codec, lua
 from export_poller.store.keys import Keys
@@ -38,20 +39,31 @@ class Outbox(Part):
         return codec.fields(reply)
 
     def ack_outbox(
-        self, tid: str, *, now: float, ttl: float, provider: str = "", lag: float | None = None
+        self,
+        tid: str,
+        *,
+        now: float,
+        ttl: float,
+        provider: str = "",
+        lag: float | None = None,
+        pipeline: Pipeline | None = None,
     ) -> None:
-        """Done with a callback; its lag (terminal state -> dispatch) feeds the metrics."""
-        with self.r.pipeline(transaction=True) as pipe:
-            pipe.zrem(self.keys.outbox, tid)
+        """Done with a callback; its lag (terminal state -> dispatch) feeds the metrics. On
+        the caller's `pipeline` if given, else in a transaction of its own."""
+        k = self.keys
+        with self.r.pipeline(transaction=True) as own:
+            pipe = own if pipeline is None else pipeline
+            pipe.zrem(k.outbox, tid)
             if lag is not None:
-                pipe.hincrby(self.keys.metrics, f"callbacks|{provider}", 1)
-                pipe.hincrbyfloat(self.keys.metrics, f"callback_lag_sum|{provider}", max(lag, 0.0))
-            pipe.hset(self.keys.record(tid), "callback_at", codec.encode(now))
-            pipe.expire(self.keys.record(tid), int(ttl))
-            pipe.execute()
+                pipe.hincrby(k.metrics, f"callbacks|{provider}", 1)
+                pipe.hincrbyfloat(k.metrics, f"callback_lag_sum|{provider}", max(lag, 0.0))
+            pipe.hset(k.record(tid), "callback_at", codec.encode(now))
+            pipe.expire(k.record(tid), int(ttl))
+            if pipeline is None:
+                own.execute()
 
-    def drop_outbox(self, tid: str) -> None:
-        self.r.zrem(self.keys.outbox, tid)
+    def drop_outbox(self, tid: str, pipeline: Pipeline | None = None) -> None:
+        (pipeline or self.r).zrem(self.keys.outbox, tid)
 
     def fail_outbox(self, tid: str, *, now: float, error: str, most: int, ttl: float) -> bool:
         """Count a failed dispatch; at `most` failures the callback is moved aside to the
