@@ -23,33 +23,7 @@ from limits.strategies import MovingWindowRateLimiter
 from export_poller.account import rules
 from export_poller.config.settings import Settings
 from export_poller.records import as_text
-
-# Extend an account's hold only forward (two workers' 429s: the later time wins) and count it;
-# mark the account as limited for a while (its trains then read the hold before every request).
-# KEYS: hold key, metrics hash, limited mark. ARGV: until, ms to keep the hold, metrics field,
-# seconds to keep the mark.
-_HOLD = """
-redis.call('SET', KEYS[3], '1', 'EX', ARGV[4])
-local old = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tonumber(ARGV[1]) <= old then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
-return 1
-"""
-
-
-# A learned pace, fleet-wide: GCRA (one "theoretical arrival time" per account). A request may
-# go when the account's arrival time is at most `tolerance` seconds ahead of now; each one
-# pushes it on by one interval. KEYS: the time key. ARGV: now, interval, tolerance.
-# Returns "" to go, or the seconds to wait.
-_PACE = """
-local now, interval, tolerance = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
-if tat - now > tolerance then return tostring(tat - tolerance - now) end
-local keep = math.ceil((tat + interval - now + tolerance) * 1000) + 1000
-redis.call('SET', KEYS[1], tostring(tat + interval), 'PX', keep)
-return ''
-"""
+from export_poller.store import lua
 
 
 @dataclass(frozen=True)
@@ -69,8 +43,8 @@ class AccountGuard:
         self.prefix = f"{settings.key_prefix}:brk"
         self.metrics = f"{settings.key_prefix}:metrics"
         self._limiter: MovingWindowRateLimiter | None = None
-        self._hold = client.register_script(_HOLD)
-        self._pace = client.register_script(_PACE)
+        self._hold = lua.register(client, "hold")
+        self._pace = lua.register(client, "pace")
 
     @property
     def limiter(self) -> MovingWindowRateLimiter:

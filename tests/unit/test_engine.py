@@ -445,6 +445,40 @@ def test_runs_looking_for_due_exports_skip_the_ones_other_runs_hold(
     assert {c.tracking_id for c in again} == {c.tracking_id for c in taken[0]}
 
 
+def test_a_run_takes_along_the_due_exports_after_the_ones_its_message_named(
+    engine: Engine, store: Store, broker: Broker, fake_clock: Clock
+) -> None:
+    """A poll message names no account, so its claim leaves the move of its exports in the
+    account's due index for later; the run's look for more due exports must not find its own
+    there, or they would crowd out the ones it should take along."""
+    tids = []
+    for i in range(6):  # due one second apart: the message names the three most overdue
+        tids.append(track(engine, f"e{i}"))
+        fake_clock.advance(1)
+    pairs = [(tid, token) for tid, token, _ in broker.take_polls()]
+    now = fake_clock()
+    named = store.claim_many(pairs[:3], "run", now=now, lease_until=now + 120)
+    assert all(not isinstance(c, str) for c in named)
+    more = store.claim_due("scripted", "run", now=now, lease_until=now + 120, due_by=now, limit=2)
+    assert len(more) == 2 and {c.tracking_id for c in more} <= set(tids[3:])
+
+
+def test_an_accounts_lag_leaves_out_the_exports_being_polled(
+    engine: Engine, store: Store, broker: Broker, fake_clock: Clock
+) -> None:
+    """The lag an operator sees (status, metrics) is how late the most overdue poll that is
+    not running is: an export whose poll holds its lease is not late."""
+    first = track(engine, "e1")
+    fake_clock.advance(10)
+    track(engine, "e2")
+    token = next(tok for tid, tok, _ in broker.take_polls() if tid == first)
+    now = fake_clock()
+    assert not isinstance(store.claim(first, token, "run", now=now, lease_until=now + 120), str)
+    fake_clock.advance(50)
+    engine.sweep()
+    assert store.account_lags() == {"scripted": pytest.approx(50)}
+
+
 def test_a_worker_without_the_account_says_so_loudly_and_keeps_the_export(
     settings: Settings,
     store: Store,
