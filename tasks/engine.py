@@ -194,6 +194,7 @@ class Engine:
             lease_until=lease_until,
             due_by=now + self.settings.backoff_floor,
             limit=self.trains.size(account, provider) - len(claims),
+            polled_before=now - self.settings.backoff_floor,  # POLLER_BACKOFF_FLOOR's promise
         )
         # An export whose last request timed out may trickle again: its neighbours are asked
         # and settled first, so none of them waits on it or is held back when it times out.

@@ -87,9 +87,11 @@ class Claims(Part):
         lease_until: float,
         due_by: float,
         limit: int,
+        polled_before: float | None = None,
     ) -> list[Claim]:
         """Take up to `limit` more polls of one account due by `due_by`, to ride along: the
-        due index is read first, then the script claims from what was read."""
+        due index is read first, then the script claims from what was read. An export polled
+        after `polled_before` stays behind (a run takes exports due a little early along)."""
         if limit <= 0:
             return []
         (tids,) = self._due_ids([(account, due_by, 2 * limit)])
@@ -97,7 +99,8 @@ class Claims(Part):
             return []
         k = self.keys
         keys = [k.due(account), k.sched, k.deferred, k.flight_of(account), *map(k.record, tids)]
-        args: list[Arg] = [now, lease_until, claim_id, limit, due_by, account, *tids]
+        floor = "" if polled_before is None else polled_before
+        args: list[Arg] = [now, lease_until, claim_id, limit, due_by, account, floor, *tids]
         flat = self._claim_due(keys=keys, args=args)
         return [
             Claim(codec.text(tid), claim_id, codec.fields(fields))

@@ -51,3 +51,23 @@ def test_an_export_that_timed_out_before_never_holds_back_its_train(
         assert (engine.get(healthy) or {})["state"] == "running"
         fake_clock.advance(600)
     assert provider.calls == ["e2", "slow"] * 3
+
+
+def test_a_run_never_takes_along_an_export_polled_less_than_the_floor_ago(
+    engine: Engine, broker: Broker, provider: ScriptedProvider, fake_clock: Clock
+) -> None:
+    """POLLER_BACKOFF_FLOOR: no poll comes sooner than it after the last, even for an export
+    due within the floor that another run of its account could take along."""
+    engine.settings = engine.settings.model_copy(update={"backoff_floor": 5.0})
+    first, second = track(engine, "e1"), track(engine, "e2")
+    broker.take_polls()
+    tokens = {tid: (engine.store.get(tid) or {})["token"] for tid in (first, second)}
+    engine.poll(second, tokens[second])  # e2 polled alone; its next poll is 5 s on
+    fake_clock.advance(1)
+    engine.store.r.zadd(engine.store.keys.due("scripted"), {second: fake_clock()})  # due now
+    engine.poll(first, tokens[first])  # a run of e1 one second later: e2 stays behind
+    assert provider.calls == ["e2", "e1"]
+    fake_clock.advance(5)
+    engine.store.r.zadd(engine.store.keys.due("scripted"), {second: fake_clock()})
+    engine.poll(first, (engine.store.get(first) or {})["token"])  # past the floor: taken along
+    assert sorted(provider.calls[2:]) == ["e1", "e2"]
