@@ -26,6 +26,7 @@ from export_poller.config.settings import Settings
 from export_poller.outbox import FireCallback, Outbox
 from export_poller.providers import errors
 from export_poller.providers.base import Provider
+from export_poller.providers.models import Outcome
 from export_poller.records import compact_signature
 from export_poller.settle import SendPoll, Settler
 from export_poller.store import Claim, Store
@@ -202,13 +203,19 @@ class Engine:
         slow: list[Claim] = []
         for claim in claims:
             (slow if timed_out(claim) else fresh).append(claim)
-        states = self._run_train(provider, account, fresh)
-        return states | self._run_train(provider, account, slow)
+        states, asked = self._run_train(provider, account, fresh)
+        if slow and any(isinstance(o, errors.TransportError) for o in asked.values()):
+            # the provider just timed out on a healthy export: the slow ones wait with it
+            return states | self.settler.settle(slow, self.trains.hold_back(account, slow))
+        return states | self._run_train(provider, account, slow)[0]
 
-    def _run_train(self, provider: Provider, account: str, claims: list[Claim]) -> dict[str, str]:
-        """Ask and settle one train; what its time left unasked is passed on in new trains."""
+    def _run_train(
+        self, provider: Provider, account: str, claims: list[Claim]
+    ) -> tuple[dict[str, str], dict[str, Outcome]]:
+        """Ask and settle one train; what its time left unasked is passed on in new trains.
+        Returns the new states and what the provider answered."""
         if not claims:
-            return {}
+            return {}, {}
         outcomes = self.trains.run(provider, account, claims)
         states = self.settler.settle([c for c in claims if c.tracking_id in outcomes], outcomes)
         unasked = [c for c in claims if c.tracking_id not in outcomes]
@@ -217,7 +224,7 @@ class Engine:
             pairs = [(c.tracking_id, c.fields["token"]) for c in unasked]
             trains = rules.chunks(pairs, self.trains.size(account, provider))
             self.settler.send_or_park(account, [(train, 0.0) for train in trains])
-        return states
+        return states, outcomes
 
 
 def _ids(claims: list[Claim]) -> list[str]:

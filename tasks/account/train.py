@@ -55,6 +55,11 @@ class TrainRunner:
             batch_size=provider.batch_size,
         )
 
+    def hold_back(self, account: str, claims: list[Claim]) -> dict[str, Outcome]:
+        """Exports not asked because a request of their account just timed out: they wait a
+        backoff step, as the rest of a train does after a timeout."""
+        return AccountGate(account, self.guard, self.settings, self.rand).throttle(claims, {}, None)
+
     def run(self, provider: Provider, account: str, claims: list[Claim]) -> dict[str, Outcome]:
         """Requests of `batch_size`, up to POLLER_TRAIN_PARALLEL of them in flight together (a
         wave), until the train's time is up; once the account is held back (hold, pace, open

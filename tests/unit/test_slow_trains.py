@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from export_poller.config.settings import Settings
 from export_poller.engine import Engine
 from export_poller.providers import errors
+from export_poller.store import Store
 from tests.unit.conftest import Broker, Clock, ScriptedProvider
-from tests.unit.test_engine import track
+from tests.unit.test_engine import engine_for, track
 
 
 def test_the_rest_of_a_train_waits_instead_of_queueing_behind_a_timeout(
@@ -54,11 +56,12 @@ def test_an_export_that_timed_out_before_never_holds_back_its_train(
 
 
 def test_a_run_never_takes_along_an_export_polled_less_than_the_floor_ago(
-    engine: Engine, broker: Broker, provider: ScriptedProvider, fake_clock: Clock
+    settings: Settings, store: Store, broker: Broker, provider: ScriptedProvider, fake_clock: Clock
 ) -> None:
     """POLLER_BACKOFF_FLOOR: no poll comes sooner than it after the last, even for an export
     due within the floor that another run of its account could take along."""
-    engine.settings = engine.settings.model_copy(update={"backoff_floor": 5.0})
+    floor = settings.model_copy(update={"backoff_floor": 5.0})
+    engine = engine_for(provider, floor, store, broker, parallel=1, rand=lambda: 1.0)
     first, second = track(engine, "e1"), track(engine, "e2")
     broker.take_polls()
     tokens = {tid: (engine.store.get(tid) or {})["token"] for tid in (first, second)}
@@ -71,3 +74,19 @@ def test_a_run_never_takes_along_an_export_polled_less_than_the_floor_ago(
     engine.store.r.zadd(engine.store.keys.due("scripted"), {second: fake_clock()})
     engine.poll(first, (engine.store.get(first) or {})["token"])  # past the floor: taken along
     assert sorted(provider.calls[2:]) == ["e1", "e2"]
+
+
+def test_after_a_fresh_timeout_the_exports_that_timed_out_before_wait_too(
+    engine: Engine, broker: Broker, provider: ScriptedProvider, fake_clock: Clock
+) -> None:
+    """The provider just timed out on a healthy export: an export known to trickle is not sent
+    to it next (a second request deadline for the thread); it waits a backoff step."""
+    timeout = errors.TransportError("cometly did not answer within 30 s")
+    provider.script("e2", timeout)
+    provider.script("slow", timeout)
+    tids = [track(engine, export_id) for export_id in ("e2", "slow")]
+    engine.store.r.hset(engine.store.key(tids[1]), "error_kind", errors.TransportError.kind)
+    pairs = [(tid, token) for tid, token, _ in broker.take_polls()]
+    engine.poll(*pairs[0], more=pairs[1:])
+    assert provider.calls == ["e2"]
+    assert (engine.get(tids[1]) or {})["error"]["kind"] == "throttled"
