@@ -127,7 +127,12 @@ def make_running(engine: Engine, tids: list[str]) -> None:
     for tid in tids:
         rec = engine.store.get(tid) or {}
         claim = engine.store.claim(
-            tid, rec.get("token", ""), "bench", now=time.time(), lease_until=time.time() + 60
+            tid,
+            rec.get("token", ""),
+            "bench",
+            account=rec.get("account", ""),
+            now=time.time(),
+            lease_until=time.time() + 60,
         )
         if isinstance(claim, str):
             continue

@@ -35,7 +35,12 @@ from export_poller.views import Views
 
 log = logging.getLogger("export_poller.poll")
 
-_ROUTINE_DROPS = frozenset({"busy", "stale", "done"})
+# Routine when a train took the export along before its own message came (busy, stale), or it
+# ended meanwhile (done): said at DEBUG. A message naming another account's export (misrouted)
+# is a sender's bug or a forged message: nothing is written for it, and it is said loudly.
+_DROP_LEVELS = {"busy": logging.DEBUG, "stale": logging.DEBUG, "done": logging.DEBUG}
+_DROP_LEVELS["misrouted"] = logging.WARNING
+_DROPPED = "poll dropped tracking_id=%s reason=%s account=%s"
 _LOGGED_DROPS = 5  # per message: the log stays bounded whatever a message names
 _MOST_PER_MESSAGE = 1000  # above any train we send (50 by default, a CGC request holds 100)
 
@@ -90,7 +95,7 @@ class Engine:
             grace=self.settings.rescue_grace,
         )
         if created and admitted:  # else parked by the backlog bound, for the fair sweep
-            self.send_poll([(tid, token)], 0.0)
+            self.send_poll(str(fields["account"]), [(tid, token)], 0.0)
         return tid
 
     def _compact(self, fields: dict[str, Any], timeout: float) -> dict[str, Any]:
@@ -130,44 +135,77 @@ class Engine:
 
     # -- one poll ----------------------------------------------------------------------------
 
-    def poll(self, tid: str, token: str, more: Sequence[tuple[str, str]] = ()) -> str:
+    def poll(
+        self,
+        tid: str,
+        token: str,
+        more: Sequence[tuple[str, str]] = (),
+        account: str | None = None,
+    ) -> str:
         """Poll the exports a message names that are still its to poll; returns what became of
         the first (its new state, or why the message was dropped: stale, busy, done...).
 
-        A message names one export or a train of one account's exports. The run takes the
-        account's other due exports along, up to what fits in its time, so a fleet sends
-        one message per train instead of one per poll; every export still has its own claim,
-        commit and callback.
+        A message names one export or a train of one account's exports, and that account (a
+        message sent before messages named it costs a read of its records first). The run
+        takes the account's other due exports along, up to what fits in its time, so a fleet
+        sends one message per train instead of one per poll; every export still has its own
+        claim, commit and callback.
         """
         now = clock.now()
         pairs = self._bounded([(tid, token), *more])
-        lease_until = now + self.settings.lease_seconds
-        results = self.store.claim_many(pairs, uuid.uuid4().hex, now=now, lease_until=lease_until)
-        by_account: dict[str, list[Claim]] = {}
-        dropped = 0
-        for (ptid, ptoken), result in zip(pairs, results, strict=True):
-            if not isinstance(result, str):
-                by_account.setdefault(result.fields["account"], []).append(result)
-            elif result.startswith("wait:"):
-                # Too early for a provider's stated time: come back then, not after a rescue.
-                self.send_poll([(ptid, ptoken)], max(0.0, float(result[5:]) - now))
-                log.info("poll deferred tracking_id=%s until=%s", ptid, result[5:])
-            else:
-                dropped += 1
-                if dropped <= _LOGGED_DROPS:
-                    # Routine when a train took the export along before its own message came
-                    # (busy, stale), or it ended meanwhile (done): said at DEBUG.
-                    level = logging.DEBUG if result in _ROUTINE_DROPS else logging.INFO
-                    log.log(level, "poll dropped tracking_id=%s reason=%s", ptid, result)
-        if dropped > _LOGGED_DROPS:
-            log.debug("poll dropped %d more exports of this message", dropped - _LOGGED_DROPS)
-        states: dict[str, str] = {}
-        for account, claims in by_account.items():
-            states |= self._poll_account(account, claims, now, lease_until)
+        account = self._account_of(pairs) if account is None else account
+        if account is None:
+            log.info("poll dropped tracking_id=%s reason=missing", tid)
+            return "missing"
+        lease_until, due_by = now + self.settings.lease_seconds, now + self.settings.backoff_floor
+        results, due = self.store.claim_message(
+            pairs,
+            uuid.uuid4().hex,
+            account=account,
+            now=now,
+            lease_until=lease_until,
+            due_by=due_by,
+            most=2 * self._train_size(account),  # read with the claim: the run's candidates
+        )
+        claims = self._sort_out(account, pairs, results, now)
+        states = self._poll_account(account, claims, due, now, lease_until) if claims else {}
         first = results[0]
         if isinstance(first, str):
             return first.partition(":")[0]
         return states.get(tid, "lost")
+
+    def _account_of(self, pairs: Sequence[tuple[str, str]]) -> str | None:
+        """The account of a message sent before messages named theirs, as its records say."""
+        found = [a for a in self.store.accounts_of([t for t, _ in pairs]) if a is not None]
+        return found[0] if found else None
+
+    def _train_size(self, account: str) -> int:
+        try:
+            return self.trains.size(account, self.providers.get(account))
+        except errors.ConfigurationError:
+            return 0  # nothing is taken along: the run settles its claims as misconfigured
+
+    def _sort_out(
+        self, account: str, pairs: list[tuple[str, str]], results: list[Claim | str], now: float
+    ) -> list[Claim]:
+        """The claims the message took; an export a provider's stated time keeps is sent again
+        for then, the rest are dropped (logged, boundedly)."""
+        claims: list[Claim] = []
+        dropped = 0
+        for (ptid, ptoken), result in zip(pairs, results, strict=True):
+            if not isinstance(result, str):
+                claims.append(result)
+            elif result.startswith("wait:"):
+                # Too early for a provider's stated time: come back then, not after a rescue.
+                self.send_poll(account, [(ptid, ptoken)], max(0.0, float(result[5:]) - now))
+                log.info("poll deferred tracking_id=%s until=%s", ptid, result[5:])
+            else:
+                dropped += 1
+                if dropped <= _LOGGED_DROPS:
+                    log.log(_DROP_LEVELS.get(result, logging.INFO), _DROPPED, ptid, result, account)
+        if dropped > _LOGGED_DROPS:
+            log.debug("poll dropped %d more exports of this message", dropped - _LOGGED_DROPS)
+        return claims
 
     def _bounded(self, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
         """No train we send names more than 1,000 exports (POLLER_TRAIN_MAX is 50 by default,
@@ -179,7 +217,7 @@ class Engine:
         return pairs[:most]
 
     def _poll_account(
-        self, account: str, claims: list[Claim], now: float, lease_until: float
+        self, account: str, claims: list[Claim], due: list[str], now: float, lease_until: float
     ) -> dict[str, str]:
         try:
             provider = self.providers.get(account)
@@ -196,6 +234,7 @@ class Engine:
             due_by=now + self.settings.backoff_floor,
             limit=self.trains.size(account, provider) - len(claims),
             polled_before=now - self.settings.backoff_floor,  # POLLER_BACKOFF_FLOOR's promise
+            candidates=due,
         )
         # An export whose last request timed out may trickle again: its neighbours are asked
         # and settled first, so none of them waits on it or is held back when it times out.

@@ -26,10 +26,17 @@ _POLL_TIME_LIMIT = int(max(10.0, settings.lease_seconds - 10.0))
     ignore_result=True,
     time_limit=_POLL_TIME_LIMIT,
 )
-def poll(tracking_id: str, token: str, more: list[list[str]] | None = None) -> None:
+def poll(
+    tracking_id: str,
+    token: str,
+    more: list[list[str]] | None = None,
+    account: str | None = None,
+) -> None:
     """Poll one export, or a train of one account's exports (`more` holds [tid, token] pairs);
-    a stale or duplicate message is recognised by its tokens and ignored."""
-    get_engine().poll(tracking_id, token, [(str(t), str(k)) for t, k in more or ()])
+    a stale or duplicate message is recognised by its tokens and ignored. `account` is None
+    only in a message sent before messages named their account (it costs a read more)."""
+    pairs = [(str(t), str(k)) for t, k in more or ()]
+    get_engine().poll(tracking_id, token, pairs, None if account is None else str(account))
 
 
 @app.task(name="exports.sweep", ignore_result=True, acks_late=True)

@@ -23,7 +23,7 @@ from export_poller.store import Store
 _MIN_COUNTDOWN = 0.05
 
 
-def _send_poll(pairs: Sequence[tuple[str, str]], countdown: float) -> None:
+def _send_poll(account: str, pairs: Sequence[tuple[str, str]], countdown: float) -> None:
     (tracking_id, token), *more = pairs
     args = (tracking_id, token, [list(p) for p in more]) if more else (tracking_id, token)
     delay = countdown if countdown >= _MIN_COUNTDOWN else None
@@ -38,10 +38,11 @@ def _send_poll(pairs: Sequence[tuple[str, str]], countdown: float) -> None:
         app.send_task(
             "exports.poll",
             args=args,
+            kwargs={"account": account},
             countdown=delay,
             producer=producer,
             argsrepr=shown,
-            kwargsrepr="{}",
+            kwargsrepr=f"{{'account': {account!r}}}",
         )
 
 

@@ -24,7 +24,8 @@ from export_poller.store import Claim, Store, Write
 log = logging.getLogger("export_poller.poll")
 
 _TRAIN_SPREAD = 1.0  # seconds between the first and last planned poll of one message
-SendPoll = Callable[[Sequence[tuple[str, str]], float], None]  # (tid, token) pairs, countdown
+# account, its (tid, token) pairs, countdown: a message names one account's exports, and which
+SendPoll = Callable[[str, Sequence[tuple[str, str]], float], None]
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,7 @@ class Settler:
         admitted = self.store.admit(account, due, now=now, cap=s.backlog_max, grace=s.rescue_grace)
         for (pairs, countdown), ok in zip(messages, admitted, strict=True):
             if ok:
-                self.send_poll(pairs, countdown)
+                self.send_poll(account, pairs, countdown)
         if not all(admitted):
             log.info(
                 "polls parked by the backlog bound account=%s messages=%d",

@@ -74,9 +74,9 @@ class Sweeper:
         by_account: dict[str, list[tuple[str, str]]] = {}
         for account, tid, token in taken:
             by_account.setdefault(account, []).append((tid, token))
-        trains = [list(rules.chunks(p, sizes[a])) for a, p in by_account.items()]
-        for train in policy.interleave(trains):
-            self.send_poll(train, 0.0)
+        trains = [[(a, t) for t in rules.chunks(p, sizes[a])] for a, p in by_account.items()]
+        for account, train in policy.interleave(trains):
+            self.send_poll(account, train, 0.0)
         report.enqueued += len(taken)
 
     def _train_size(self, account: str) -> int:

@@ -54,29 +54,61 @@ class Claims(Part):
         self._commit = lua.register(client, "commit")
 
     def claim(
-        self, tid: str, token: str, claim_id: str, *, now: float, lease_until: float
+        self, tid: str, token: str, claim_id: str, *, account: str, now: float, lease_until: float
     ) -> Claim | str:
-        """Take the poll lease, or say why not: missing, stale, done, busy, early, or
-        `wait:<time>` when the record may not be polled before a provider's stated time."""
-        return self.claim_many([(tid, token)], claim_id, now=now, lease_until=lease_until)[0]
+        """Take the poll lease, or say why not: missing, misrouted (another account's), stale,
+        done, busy, early, or `wait:<time>` when the record may not be polled before a
+        provider's stated time."""
+        pairs = [(tid, token)]
+        return self.claim_many(pairs, claim_id, account=account, now=now, lease_until=lease_until)[
+            0
+        ]
 
     def claim_many(
-        self, pairs: Sequence[tuple[str, str]], claim_id: str, *, now: float, lease_until: float
+        self,
+        pairs: Sequence[tuple[str, str]],
+        claim_id: str,
+        *,
+        account: str,
+        now: float,
+        lease_until: float,
     ) -> list[Claim | str]:
-        """`claim` for every (tid, token) a message names, in one round trip. The message names
-        no account, so the script defers the moves of the account's keys (lib/deferred.lua)."""
+        """`claim` for every (tid, token) a message of `account` names, in one round trip."""
+        found, _ = self.claim_message(
+            pairs, claim_id, account=account, now=now, lease_until=lease_until, due_by=now, most=0
+        )
+        return found
+
+    def claim_message(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        claim_id: str,
+        *,
+        account: str,
+        now: float,
+        lease_until: float,
+        due_by: float,
+        most: int,
+    ) -> tuple[list[Claim | str], list[str]]:
+        """`claim_many`, and in the same round trip up to `most` ids of the account's due index
+        due by `due_by`, read after the claim: the candidates for `claim_due` to take along."""
         k = self.keys
-        keys = [k.sched, k.flight, k.flight_n, k.deferred, *(k.record(tid) for tid, _ in pairs)]
-        args: list[Arg] = [now, lease_until, claim_id, _EARLY]
+        keys = [k.sched, k.flight, k.flight_n, k.due(account), k.flight_of(account)]
+        args: list[Arg] = [now, lease_until, claim_id, _EARLY, account]
         for tid, token in pairs:
             args += [tid, token]
-        replies = self._claim(keys=keys, args=args)
-        return [
+        batch = lua.Batch(self.r)
+        batch.script(self._claim, keys + [k.record(tid) for tid, _ in pairs], args)
+        if most > 0:
+            batch.pipe.zrangebyscore(k.due(account), "-inf", due_by, start=0, num=most)
+        replies, *due = batch.execute()
+        found = [
             codec.text(reply)
             if isinstance(reply, bytes | str)
             else Claim(tid, claim_id, codec.fields(reply))
             for (tid, _), reply in zip(pairs, replies, strict=True)
         ]
+        return found, [codec.text(x) for x in (due[0] if due else [])]
 
     def claim_due(
         self,
@@ -88,19 +120,23 @@ class Claims(Part):
         due_by: float,
         limit: int,
         polled_before: float | None = None,
+        candidates: Sequence[str] | None = None,
     ) -> list[Claim]:
-        """Take up to `limit` more polls of one account due by `due_by`, to ride along: the
-        due index is read first, then the script claims from what was read. An export polled
-        after `polled_before` stays behind (a run takes exports due a little early along)."""
+        """Take up to `limit` more polls of one account due by `due_by`, to ride along: from
+        `candidates` (read with the claim, see `claim_message`), else the due index is read
+        first; the script checks each again. An export polled after `polled_before` stays
+        behind (a run takes exports due a little early along)."""
         if limit <= 0:
             return []
-        (tids,) = self._due_ids([(account, due_by, 2 * limit)])
+        tids = list(candidates) if candidates is not None else None
+        if tids is None:
+            (tids,) = self._due_ids([(account, due_by, 2 * limit)])
         if not tids:
             return []
         k = self.keys
-        keys = [k.due(account), k.sched, k.deferred, k.flight_of(account), *map(k.record, tids)]
+        keys = [k.due(account), k.sched, *map(k.record, tids)]
         floor = "" if polled_before is None else polled_before
-        args: list[Arg] = [now, lease_until, claim_id, limit, due_by, account, floor, *tids]
+        args: list[Arg] = [now, lease_until, claim_id, limit, due_by, floor, *tids]
         flat = self._claim_due(keys=keys, args=args)
         return [
             Claim(codec.text(tid), claim_id, codec.fields(fields))
@@ -121,29 +157,25 @@ class Claims(Part):
         with self.r.pipeline(transaction=False) as own:
             pipe = own if pipeline is None else pipeline
             for account, tids in by_account.items():
-                keys = [k.sched, k.due(account), k.deferred, k.flight_of(account)]
-                args: list[Arg] = [claims[0].claim_id, rescue_at, account, *tids]
+                keys = [k.sched, k.due(account)]
+                args: list[Arg] = [claims[0].claim_id, rescue_at, *tids]
                 self._release(keys=keys + [k.record(t) for t in tids], args=args, client=pipe)
             if pipeline is None:
                 own.execute()
 
     def commit_many(self, writes: Sequence[Write]) -> list[bool]:
         """Write each poll's result if its claim still holds (terminal writes also fill the
-        outbox): a whole train in one round trip, each write succeeding on its own. The first
-        write of each account applies the claims' deferred updates to its keys."""
-        settled: set[str] = set()
-        with self.r.pipeline(transaction=False) as pipe:
-            for w in writes:
-                account = w.claim.fields["account"]
-                self.commit(w, pipe, settle=account not in settled)
-                settled.add(account)
-            return [bool(x) for x in pipe.execute()]
+        outbox): a whole train in one round trip, each write succeeding on its own."""
+        batch = lua.Batch(self.r)
+        for w in writes:
+            self.commit(w, batch)
+        return [bool(x) for x in batch.execute()]
 
-    def commit(self, w: Write, pipeline: Pipeline, *, settle: bool = True) -> None:
-        """Queue one poll's commit on `pipeline` (its reply: 1 written, 0 claim lost)."""
+    def commit(self, w: Write, batch: lua.Batch) -> None:
+        """Queue one poll's commit on `batch` (its reply: 1 written, 0 claim lost)."""
         k, tid, account = self.keys, w.claim.tracking_id, w.claim.fields["account"]
         keys = [k.record(tid), k.sched, k.outbox, k.metrics, k.idem, k.due(account)]
         args: list[Arg] = [tid, w.claim.claim_id, int(w.terminal), w.sched_score or 0, w.now]
         args += ["" if w.terminal else w.new_token, w.fields.get("next_poll_at") or 0]
-        args += [w.outcome, account if settle else "", *codec.pairs(w.fields)]
-        self._commit(keys=[*keys, k.deferred, k.flight_of(account)], args=args, client=pipeline)
+        args += [w.outcome, *codec.pairs(w.fields)]
+        batch.script(self._commit, keys, args)

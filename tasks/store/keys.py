@@ -16,16 +16,16 @@ Keys (prefix `ep` by default):
     {p}:accounts        set     every account with tracked exports: the fair sweep's round
     {p}:flight          zset    "{acct}|{first tid}" -> when to stop counting it: poll messages
                                 handed to the broker and not yet started (the bounded backlog)
-    {p}:flight:{acct}   zset    first tid -> due time: the account's messages in {p}:flight
+    {p}:flight:{acct}   zset    first tid -> due time: the account's messages in {p}:flight;
+                                expires once the last would count as lost when the account
+                                leaves the sweep's round
     {p}:flight_n        hash    account -> its messages in {p}:flight
     {p}:waiting         set     accounts with due polls turned away by the bound, for the sweep
-    {p}:deferred        zset    a claim's updates to its account's due index and ledger, until
-                                the next script holding those keys applies them (see
-                                scripts/lib/deferred.lua)
     {p}:metrics         hash    counters and gauges for Prometheus, kept by the same scripts
 
-Every script is given every key it touches in KEYS, named here: none builds a key name. The
-fleet-wide keys (schedule, ledger, outbox) still put the store on one Redis server, not Redis
+Every script is given every key it touches in KEYS, named here: none builds a key name. A
+poll message names its account, so its claim is given the account's keys too. The fleet-wide
+keys (schedule, ledger, outbox) still put the store on one Redis server, not Redis
 Cluster; a per-account hash tag would be added here, and only here.
 """
 
@@ -46,7 +46,6 @@ class Keys:
         self.flight = f"{prefix}:flight"
         self.flight_n = f"{prefix}:flight_n"
         self.waiting = f"{prefix}:waiting"
-        self.deferred = f"{prefix}:deferred"
         self._record = f"{prefix}:x:"
 
     def record(self, tid: str) -> str:

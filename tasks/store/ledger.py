@@ -41,8 +41,7 @@ class Ledger(Part):
         if not messages:
             return []
         k = self.keys
-        keys = [k.flight, k.flight_n, k.waiting, k.metrics, k.sched, k.deferred]
-        keys += [k.due(account), k.flight_of(account)]
+        keys = [k.flight, k.flight_n, k.waiting, k.metrics, k.sched, k.flight_of(account)]
         args: list[Arg] = [now, cap, grace, account]
         for pairs, due in messages:
             args += [due, len(pairs)]
@@ -57,7 +56,7 @@ class Ledger(Part):
         k = self.keys
         members = cast(set[Any], self.r.smembers(k.accounts))
         accounts = sorted(codec.text(x) for x in members)
-        keys = [k.flight, k.flight_n, k.accounts, k.waiting, k.metrics, k.deferred]
+        keys = [k.flight, k.flight_n, k.accounts, k.waiting, k.metrics]
         for account in accounts:
             keys += [k.due(account), k.flight_of(account)]
         flat = self._share_state(keys=keys, args=[now, grace, *accounts])
@@ -76,7 +75,7 @@ class Ledger(Part):
         account's due index is read first, then the script takes from what was read."""
         reads = [(account, now, _SCAN_TIMES * most + _SCAN_MORE) for account, most, _ in wants]
         k = self.keys
-        keys = [k.sched, k.flight, k.flight_n, k.waiting, k.deferred]
+        keys = [k.sched, k.flight, k.flight_n, k.waiting]
         args: list[Arg] = [now, rescue_at, grace]
         for (account, most, size), tids in zip(wants, self._due_ids(reads), strict=True):
             keys += [k.due(account), k.flight_of(account), *map(k.record, tids)]

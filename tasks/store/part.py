@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import redis
 
-from export_poller.store import codec, lua
+from export_poller.store import codec
 from export_poller.store.keys import Keys
 
 # How often a script goes out again when what its caller read to name its keys changed in the
@@ -21,21 +21,13 @@ class Part:
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self.r = client
         self.keys = keys
-        self._settle = lua.register(client, "settle")
-
-    def _account_keys(self, account: str) -> list[str]:
-        """The keys a claim's deferred updates touch, in the order the scripts take them after
-        {p}:deferred: the account's due index and its zset in the ledger."""
-        return [self.keys.due(account), self.keys.flight_of(account)]
 
     def _due_ids(self, reads: Sequence[tuple[str, float, int]]) -> list[list[str]]:
         """For each (account, by, most): up to `most` ids of the account's due index due by
-        `by`, earliest first, read after its deferred updates are applied; one round trip.
-        The scripts these ids go to check each again: the index may change before they run."""
+        `by`, earliest first; one round trip. The scripts these ids go to check each again:
+        the index may change before they run."""
         with self.r.pipeline(transaction=False) as pipe:
             for account, by, most in reads:
-                keys = [self.keys.deferred, *self._account_keys(account)]
-                self._settle(keys=keys, args=[account], client=pipe)
                 pipe.zrangebyscore(self.keys.due(account), "-inf", by, start=0, num=most)
             replies = pipe.execute()
-        return [[codec.text(x) for x in ids] for ids in replies[1::2]]
+        return [[codec.text(x) for x in ids] for ids in replies]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, cast
 
 import redis
@@ -66,7 +66,7 @@ class Records(Part):
         k, account = self.keys, str(fields["account"])
         digest = codec.idem_digest(account, str(fields["export_id"]))
         keys = [k.idem, k.record(tid), k.sched, k.metrics, k.accounts, k.due(account)]
-        keys += [k.flight, k.flight_n, k.flight_of(account), k.waiting, k.deferred]
+        keys += [k.flight, k.flight_n, k.flight_of(account), k.waiting]
         head: list[Arg] = [tid, digest, rescue_at, codec.encode(fields["next_poll_at"]), cap, grace]
         tail = codec.pairs({**fields, "idem": digest})
         other = ""
@@ -104,9 +104,9 @@ class Records(Part):
             if account is None:
                 return False
             acct = codec.text(account)
-            keys = [record, k.sched, k.outbox, k.metrics, k.idem, k.due(acct), k.deferred]
+            keys = [record, k.sched, k.outbox, k.metrics, k.idem, k.due(acct)]
             args = [tid, state, *middle, acct, *codec.pairs(fields)]
-            done = int(self._finish(keys=[*keys, k.flight_of(acct)], args=args))
+            done = int(self._finish(keys=keys, args=args))
             if done >= 0:
                 return bool(done)
         return False
@@ -123,6 +123,14 @@ class Records(Part):
         keys = [k.sched, k.accounts, *map(k.record, tids)]
         expired = self._overdue(keys=keys, args=[now, rescue_at, grace, *tids])
         return [codec.text(x) for x in expired]
+
+    def accounts_of(self, tids: Sequence[str]) -> list[str | None]:
+        """The account each record names (None if it is gone), in one round trip: what a poll
+        message sent before messages named their account costs to claim."""
+        with self.r.pipeline(transaction=False) as pipe:
+            for tid in tids:
+                pipe.hget(self.keys.record(tid), "account")
+            return [None if a is None else codec.text(a) for a in pipe.execute()]
 
     def get(self, tid: str) -> dict[str, str] | None:
         raw = cast(dict[Any, Any], self.r.hgetall(self.keys.record(tid)))

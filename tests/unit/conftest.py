@@ -75,11 +75,13 @@ class Broker:
     """Records what the engine would have sent to Celery, so tests deliver messages by hand."""
 
     messages: list[tuple[list[tuple[str, str]], float]] = field(default_factory=list)
+    account_of: dict[str, str] = field(default_factory=dict)  # the account a message named
     callbacks: list[tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=list)
     fail_callbacks: int = 0
 
-    def send_poll(self, pairs: Sequence[tuple[str, str]], countdown: float) -> None:
+    def send_poll(self, account: str, pairs: Sequence[tuple[str, str]], countdown: float) -> None:
         self.messages.append((list(pairs), countdown))
+        self.account_of |= dict.fromkeys((tid for tid, _ in pairs), account)
 
     @property
     def polls(self) -> list[tuple[str, str, float]]:

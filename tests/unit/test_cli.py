@@ -73,7 +73,7 @@ def finish(engine: Engine, broker: Broker, clock: Clock, tid: str) -> None:
     for _ in range(20):
         for ptid, token, countdown in broker.take_polls():
             clock.advance(countdown)
-            engine.poll(ptid, token)
+            engine.poll(ptid, token, account=broker.account_of[ptid])
         record = engine.get(tid)
         if record and record["state"] not in ("pending", "running"):
             return

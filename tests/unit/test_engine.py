@@ -38,7 +38,7 @@ def deliver(engine: Engine, broker: Broker, clock: Clock) -> list[str]:
     results = []
     for tid, token, countdown in broker.take_polls():
         clock.advance(countdown)
-        results.append(engine.poll(tid, token))
+        results.append(engine.poll(tid, token, account=broker.account_of[tid]))
     return results
 
 
@@ -104,7 +104,9 @@ def test_two_workers_never_poll_the_same_export_at_once(
 ) -> None:
     tid = track(engine)
     [(_, token, _)] = broker.polls
-    claim = store.claim(tid, token, "worker-a", now=fake_clock(), lease_until=fake_clock() + 120)
+    claim = store.claim(
+        tid, token, "worker-a", account="scripted", now=fake_clock(), lease_until=fake_clock() + 120
+    )
     assert not isinstance(claim, str)
     assert engine.poll(tid, token) == "busy"
 
@@ -130,7 +132,14 @@ def test_a_worker_dying_mid_poll_is_rescued_after_its_lease(
     provider.script("e1", "completed")
     tid = track(engine)
     [(_, token, _)] = broker.take_polls()
-    store.claim(tid, token, "dead-worker", now=fake_clock(), lease_until=fake_clock() + 120)
+    store.claim(
+        tid,
+        token,
+        "dead-worker",
+        account="scripted",
+        now=fake_clock(),
+        lease_until=fake_clock() + 120,
+    )
     fake_clock.advance(119)
     assert engine.sweep().enqueued == 0
     fake_clock.advance(2)
@@ -226,7 +235,9 @@ def test_a_poll_in_flight_when_cancelled_cannot_finish_the_export(
     provider.script("e1", "completed")
     tid = track(engine)
     [(_, token, _)] = broker.take_polls()
-    claim = store.claim(tid, token, "w", now=fake_clock(), lease_until=fake_clock() + 120)
+    claim = store.claim(
+        tid, token, "w", account="scripted", now=fake_clock(), lease_until=fake_clock() + 120
+    )
     assert not isinstance(claim, str)
     engine.cancel(tid)
     assert engine.settler.settle([claim], {tid: provider.fetch("e1")}) == {tid: "lost"}
@@ -267,14 +278,14 @@ def test_polls_of_one_account_ride_together_once_the_provider_is_timed(
     engine.poll(*first[0][0][0])  # unmeasured provider: this run polls one export
     assert len(provider.calls) == 1
     for pairs, _ in first[1:]:
-        engine.poll(*pairs[0], pairs[1:])
+        engine.poll(*pairs[0], pairs[1:], broker.account_of[pairs[0][0]])
     # every export polled once, by runs of up to 50 (train_max), whatever message named it
     assert sorted(provider.calls) == sorted(f"e{i}" for i in range(120))
     follow = broker.take_messages()
     assert [len(pairs) for pairs, _ in follow] == [1, 50, 50, 19]
     fake_clock.advance(max(c for _, c in follow))
     for pairs, _ in follow:
-        engine.poll(*pairs[0], pairs[1:])
+        engine.poll(*pairs[0], pairs[1:], broker.account_of[pairs[0][0]])
     # runs took due exports from each other's messages: trains merged to ceil(120 / 50)
     assert len(provider.calls) == 240 and len(set(provider.calls)) == 120
     assert sorted(len(pairs) for pairs, _ in broker.messages) == [20, 50, 50]
@@ -310,12 +321,12 @@ def test_a_slow_provider_gets_short_trains_and_the_rest_is_passed_on(
     for i in range(10):
         track(engine, f"e{i}")
     pairs = [(tid, token) for tid, token, _ in broker.take_polls()]
-    engine.poll(*pairs[0], pairs[1:])  # one message naming all ten
+    engine.poll(*pairs[0], pairs[1:], broker.account_of[pairs[0][0]])  # one message naming all ten
     assert len(provider.calls) == 3  # out of time after 1.2 s: the other seven go on now,
     passed_on = [m for m in broker.take_messages() if m[1] == 0.0]
     assert [len(pairs) for pairs, _ in passed_on] == [2, 2, 2, 1]  # in trains of 1 s each
     for pairs, _ in passed_on:
-        engine.poll(*pairs[0], pairs[1:])
+        engine.poll(*pairs[0], pairs[1:], broker.account_of[pairs[0][0]])
     assert len(provider.calls) == 10 and len(set(provider.calls)) == 10
 
 
@@ -343,7 +354,9 @@ def test_the_requests_of_one_train_are_in_flight_together(
     for i in range(9):
         track(engine, f"e{i}")
     pairs = [(tid, token) for tid, token, _ in broker.take_polls()]
-    states = engine.poll(*pairs[0], pairs[1:])  # the first alone, then two waves of four
+    states = engine.poll(
+        *pairs[0], pairs[1:], broker.account_of[pairs[0][0]]
+    )  # the first alone, then two waves of four
     assert states == "running" and sorted(provider.calls) == [f"e{i}" for i in range(9)]
     assert len(provider.threads) == 4  # this thread and three request threads
     assert sorted(len(p) for p, _ in broker.take_messages()) == [9]  # one follow-up message
@@ -386,7 +399,9 @@ def test_a_429_holds_the_account_before_the_rest_of_its_wave_is_answered(
     for i in range(4):
         track(engine, f"e{i}")
     pairs = [(tid, token) for tid, token, _ in broker.take_polls()]
-    engine.poll(*pairs[0], pairs[1:])  # e0 alone, then e1 e2 e3 in one wave
+    engine.poll(
+        *pairs[0], pairs[1:], broker.account_of[pairs[0][0]]
+    )  # e0 alone, then e1 e2 e3 in one wave
     assert provider.saw_hold  # written by the thread that read the 429, mid-wave
     assert guard.held_until("scripted", clock.now()) is not None
     assert store.r.hget(guard.metrics, "holds|scripted|429") == b"1"  # one 429, one hold
@@ -421,7 +436,9 @@ def test_in_waves_an_export_whose_last_request_timed_out_is_asked_alone(
     tids = [track(engine, f"e{i}") for i in range(6)]
     store.r.hset(store.key(tids[3]), "error_kind", errors.TransportError.kind)
     pairs = [(tid, token) for tid, token, _ in broker.take_polls()]
-    engine.poll(*pairs[0], pairs[1:])  # waves: e0 | e1 e2 | e3 alone | e4 e5
+    engine.poll(
+        *pairs[0], pairs[1:], broker.account_of[pairs[0][0]]
+    )  # waves: e0 | e1 e2 | e3 alone | e4 e5
     assert sorted(provider.calls) == [f"e{i}" for i in range(6)]
     assert provider.seen["e3"] == 1
 
@@ -448,16 +465,16 @@ def test_runs_looking_for_due_exports_skip_the_ones_other_runs_hold(
 def test_a_run_takes_along_the_due_exports_after_the_ones_its_message_named(
     engine: Engine, store: Store, broker: Broker, fake_clock: Clock
 ) -> None:
-    """A poll message names no account, so its claim leaves the move of its exports in the
-    account's due index for later; the run's look for more due exports must not find its own
-    there, or they would crowd out the ones it should take along."""
+    """The claim moves the exports its message names to their lease's end in the account's due
+    index at once: the run's look for more due exports must not find its own there, or they
+    would crowd out the ones it should take along."""
     tids = []
     for i in range(6):  # due one second apart: the message names the three most overdue
         tids.append(track(engine, f"e{i}"))
         fake_clock.advance(1)
     pairs = [(tid, token) for tid, token, _ in broker.take_polls()]
     now = fake_clock()
-    named = store.claim_many(pairs[:3], "run", now=now, lease_until=now + 120)
+    named = store.claim_many(pairs[:3], "run", account="scripted", now=now, lease_until=now + 120)
     assert all(not isinstance(c, str) for c in named)
     more = store.claim_due("scripted", "run", now=now, lease_until=now + 120, due_by=now, limit=2)
     assert len(more) == 2 and {c.tracking_id for c in more} <= set(tids[3:])
@@ -473,7 +490,9 @@ def test_an_accounts_lag_leaves_out_the_exports_being_polled(
     track(engine, "e2")
     token = next(tok for tid, tok, _ in broker.take_polls() if tid == first)
     now = fake_clock()
-    assert not isinstance(store.claim(first, token, "run", now=now, lease_until=now + 120), str)
+    assert not isinstance(
+        store.claim(first, token, "run", account="scripted", now=now, lease_until=now + 120), str
+    )
     fake_clock.advance(50)
     engine.sweep()
     assert store.account_lags() == {"scripted": pytest.approx(50)}

@@ -61,7 +61,7 @@ def limited(
 def one_train(engine: Engine, broker: Broker) -> None:
     """Deliver every pending poll as a single message, as a train."""
     pairs = [(tid, token) for tid, token, _ in broker.take_polls()]
-    engine.poll(*pairs[0], pairs[1:])
+    engine.poll(*pairs[0], pairs[1:], broker.account_of[pairs[0][0]])
 
 
 def test_rate_limit_holds_polls_back_without_sending_them(
@@ -75,7 +75,7 @@ def test_rate_limit_holds_polls_back_without_sending_them(
     for i in range(5):
         track(engine, f"e{i}")
     for tid, token, _ in broker.take_polls():
-        engine.poll(tid, token)
+        engine.poll(tid, token, account=broker.account_of[tid])
     assert len(provider.calls) == 3
     records = [engine.get(tid) for tid in engine.store.iter_ids()]
     held = [r for r in records if r and r["attempts"] == 0]
@@ -145,7 +145,7 @@ def test_breaker_opens_on_mostly_5xx_and_holds_every_export_of_the_account(
         provider.script(f"e{i}", errors.ServerError("503"), ExportStatus(state="completed"))
         track(engine, f"e{i}")
     for tid, token, _ in broker.take_polls():
-        engine.poll(tid, token)
+        engine.poll(tid, token, account=broker.account_of[tid])
     assert len(provider.calls) == 4  # the 4th failure opened the breaker; 2 polls never left
     assert engine.guard and engine.guard.breaker_state("scripted", fake_clock()) == "open"
 
@@ -189,7 +189,7 @@ def test_bulk_providers_coalesce_due_polls_into_one_request(
     for i in range(250):
         track(engine, f"e{i}")
     for tid, token, _ in broker.take_polls():
-        engine.poll(tid, token)
+        engine.poll(tid, token, account=broker.account_of[tid])
     assert [len(r) for r in provider.requests] == [100, 100, 50]
     states = {engine.get(tid)["state"] for tid in engine.store.iter_ids()}  # type: ignore[index]
     assert states == {"completed"}

@@ -56,7 +56,7 @@ def test_every_redis_script_is_a_lua_file_that_names_its_keys_and_args() -> None
     from export_poller.store import lua
 
     scripts = sorted((ROOT / "tasks" / "store" / "scripts").glob("*.lua"))
-    assert len(scripts) >= 16  # the store's scripts and the account guard's
+    assert len(scripts) >= 15  # the store's scripts and the account guard's
     for path in scripts:
         assert "KEYS[1]" in lua.source(path.stem), path.name  # the loader checks the header
     python = [*(ROOT / "tasks").rglob("*.py"), *(ROOT / "providers").rglob("*.py")]

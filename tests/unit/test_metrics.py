@@ -81,4 +81,4 @@ def test_overload_is_visible_as_lag_and_backlog(
 
 def deliver_all(engine: Engine, broker: Broker) -> None:
     for pairs, _ in broker.take_messages():
-        engine.poll(*pairs[0], pairs[1:])
+        engine.poll(*pairs[0], pairs[1:], broker.account_of[pairs[0][0]])

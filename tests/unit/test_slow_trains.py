@@ -18,7 +18,7 @@ def test_the_rest_of_a_train_waits_instead_of_queueing_behind_a_timeout(
     provider.script("slow", errors.TransportError("cometly did not answer within 30 s"))
     tids = [track(engine, export_id) for export_id in ("slow", "e2", "e3")]
     pairs = [(tid, token) for tid, token, _ in broker.take_polls()]
-    engine.poll(*pairs[0], more=pairs[1:])
+    engine.poll(*pairs[0], more=pairs[1:], account=broker.account_of[pairs[0][0]])
     assert provider.calls == ["slow"]
     held = [engine.get(tid) or {} for tid in tids[1:]]
     assert [r["error"]["kind"] for r in held] == ["throttled", "throttled"]
@@ -87,6 +87,6 @@ def test_after_a_fresh_timeout_the_exports_that_timed_out_before_wait_too(
     tids = [track(engine, export_id) for export_id in ("e2", "slow")]
     engine.store.r.hset(engine.store.key(tids[1]), "error_kind", errors.TransportError.kind)
     pairs = [(tid, token) for tid, token, _ in broker.take_polls()]
-    engine.poll(*pairs[0], more=pairs[1:])
+    engine.poll(*pairs[0], more=pairs[1:], account=broker.account_of[pairs[0][0]])
     assert provider.calls == ["e2"]
     assert (engine.get(tids[1]) or {})["error"]["kind"] == "throttled"

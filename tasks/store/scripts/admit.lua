@@ -7,10 +7,8 @@
 -- KEYS[3]    {p}:waiting        accounts with polls turned away by the bound
 -- KEYS[4]    {p}:metrics        the account's parked count
 -- KEYS[5]    {p}:sched          the schedule: a parked message's exports, at its due time
--- KEYS[6]    {p}:deferred       claims' updates to the account's keys, settled first
--- KEYS[7]    {p}:due:{acct}     the account's due index (for the settling)
--- KEYS[8]    {p}:flight:{acct}  the account's messages in the ledger
--- KEYS[9..]  {p}:x:{tid}        the record of every pair of every message, in ARGV's order
+-- KEYS[6]    {p}:flight:{acct}  the account's messages in the ledger
+-- KEYS[7..]  {p}:x:{tid}        the record of every pair of every message, in ARGV's order
 --
 -- ARGV[1]    now
 -- ARGV[2]    cap                the backlog bound (POLLER_BACKLOG_MAX)
@@ -25,10 +23,9 @@
 local now, cap, acct = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[4]
 local k = {
   flight = KEYS[1], flight_n = KEYS[2], waiting = KEYS[3], metrics = KEYS[4],
-  deferred = KEYS[6], due = KEYS[7], flight_of = KEYS[8],
+  flight_of = KEYS[6],
 }
 forget_lost(k, now - tonumber(ARGV[3]))
-settle(k, acct)
 local share = share_of(k, acct, cap)
 
 local function park(due, first_arg, first_key, n)
@@ -40,7 +37,7 @@ local function park(due, first_arg, first_key, n)
   end
 end
 
-local out, i, record = {}, 5, 9
+local out, i, record = {}, 5, 7
 while i <= #ARGV do
   local due, n = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
   if admit_message(k, acct, now, cap, share, due, ARGV[i + 2]) then

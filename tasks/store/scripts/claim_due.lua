@@ -3,32 +3,27 @@
 --
 -- KEYS[1]    {p}:due:{acct}     the account's due index: a claimed export waits at its lease's end
 -- KEYS[2]    {p}:sched          the schedule: likewise
--- KEYS[3]    {p}:deferred       claims' updates to the account's keys, settled first
--- KEYS[4]    {p}:flight:{acct}  the account's ledger zset (for the settling)
--- KEYS[5..]  {p}:x:{tid}        the record of each candidate, in ARGV's order
+-- KEYS[3..]  {p}:x:{tid}        the record of each candidate, in ARGV's order
 --
 -- ARGV[1]    now
 -- ARGV[2]    lease_until        when the leases end
 -- ARGV[3]    claim id           the run's claim id
 -- ARGV[4]    limit              most exports to take
 -- ARGV[5]    due by             take exports due by this time
--- ARGV[6]    account            the account the due index belongs to
--- ARGV[7]    polled before      an export last polled after this time is not taken along
+-- ARGV[6]    polled before      an export last polled after this time is not taken along
 --                               (no poll sooner than the backoff floor after the last), or ""
--- ARGV[8..]  tid, ...           candidates, earliest first, as the caller read the due index
---                               (2 x limit of them, settled); each is checked again here
+-- ARGV[7..]  tid, ...           candidates, earliest first, as the caller read the due index
+--                               (2 x limit of them); each is checked again here
 --
 -- Returns tid, record (HGETALL), tid, record... for each export claimed.
 
 --! include active
---! include deferred
 
 local now, limit, out = tonumber(ARGV[1]), tonumber(ARGV[4]), {}
-local polled_before = tonumber(ARGV[7])
-settle({deferred = KEYS[3], due = KEYS[1], flight_of = KEYS[4]}, ARGV[6])
-for i = 8, #ARGV do
+local polled_before = tonumber(ARGV[6])
+for i = 7, #ARGV do
   if #out >= 2 * limit then break end
-  local tid, key = ARGV[i], KEYS[i - 3]
+  local tid, key = ARGV[i], KEYS[i - 4]
   local at = redis.call('ZSCORE', KEYS[1], tid)
   if at and tonumber(at) <= tonumber(ARGV[5]) then  -- still due as the caller read it
     local v = redis.call(

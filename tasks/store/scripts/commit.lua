@@ -7,8 +7,6 @@
 -- KEYS[4]    {p}:metrics        polls by outcome, active and finished counts
 -- KEYS[5]    {p}:idem           a terminal result gives the (account, export id) back
 -- KEYS[6]    {p}:due:{acct}     the account's due index: the next poll's time
--- KEYS[7]    {p}:deferred       claims' updates to the account's keys
--- KEYS[8]    {p}:flight:{acct}  the account's ledger zset (for the settling)
 --
 -- ARGV[1]    tid
 -- ARGV[2]    claim id           the poll's claim; nothing is written if the record's differs
@@ -18,23 +16,17 @@
 -- ARGV[6]    new token          the next poll message's token ("" when terminal)
 -- ARGV[7]    next_poll_at       the due index's time for the next poll (non-terminal)
 -- ARGV[8]    outcome            what the provider said, for the polls counter
--- ARGV[9]    account            the account to settle first, "" if an earlier commit of the
---                               same round trip did (the claim deferred the due-index move)
--- ARGV[10..] name, value, ...   the record's new fields
+-- ARGV[9..]  name, value, ...   the record's new fields
 --
 -- Returns 1 if written, 0 if the claim no longer holds.
 
 --! include move_state
 --! include end_tracking
---! include deferred
 
-if ARGV[9] ~= '' then
-  settle({deferred = KEYS[7], due = KEYS[6], flight_of = KEYS[8]}, ARGV[9])
-end
 local before = redis.call('HMGET', KEYS[1], 'claim', 'state', 'provider')
 if before[1] ~= ARGV[2] then return 0 end
 redis.call('HDEL', KEYS[1], 'claim', 'lease_until', 'not_before')
-redis.call('HSET', KEYS[1], 'token', ARGV[6], unpack(ARGV, 10))
+redis.call('HSET', KEYS[1], 'token', ARGV[6], unpack(ARGV, 9))
 redis.call('HINCRBY', KEYS[4], 'polls|' .. before[3] .. '|' .. ARGV[8], 1)
 move_state(KEYS[4], before[3], before[2], redis.call('HGET', KEYS[1], 'state'))
 if ARGV[3] == '1' then

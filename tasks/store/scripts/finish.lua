@@ -6,8 +6,6 @@
 -- KEYS[4]    {p}:metrics        active and finished counts
 -- KEYS[5]    {p}:idem           the (account, export id) is given back
 -- KEYS[6]    {p}:due:{acct}     the account's due index: the export leaves it
--- KEYS[7]    {p}:deferred       claims' updates to the account's keys, settled first
--- KEYS[8]    {p}:flight:{acct}  the account's ledger zset (for the settling)
 --
 -- ARGV[1]    tid
 -- ARGV[2]    state              the terminal state
@@ -23,13 +21,11 @@
 
 --! include move_state
 --! include end_tracking
---! include deferred
 
 local v = redis.call('HMGET', KEYS[1], 'state', 'lease_until', 'provider', 'account')
 if not is_active(v[1]) then return 0 end
 if v[4] ~= ARGV[7] then return -1 end
 if ARGV[5] == '1' and v[2] and tonumber(v[2]) > tonumber(ARGV[3]) then return 0 end
-settle({deferred = KEYS[7], due = KEYS[6], flight_of = KEYS[8]}, ARGV[7])
 redis.call('HDEL', KEYS[1], 'claim', 'lease_until')
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'token', '', unpack(ARGV, 8))
 move_state(KEYS[4], v[3], v[1], ARGV[2])

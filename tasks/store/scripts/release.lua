@@ -2,20 +2,14 @@
 --
 -- KEYS[1]    {p}:sched          the schedule: each export is rescued at ARGV[2] if not re-sent
 -- KEYS[2]    {p}:due:{acct}     the claims' account's due index: back at its next poll time
--- KEYS[3]    {p}:deferred       claims' updates to the account's keys, settled first
--- KEYS[4]    {p}:flight:{acct}  the account's ledger zset (for the settling)
--- KEYS[5..]  {p}:x:{tid}        the record of each claim, in ARGV's order
+-- KEYS[3..]  {p}:x:{tid}        the record of each claim, in ARGV's order
 --
 -- ARGV[1]    claim id           only leases of this claim are given back
 -- ARGV[2]    rescue time
--- ARGV[3]    account            the account of every claim given back
--- ARGV[4..]  tid, ...           the claims' tracking ids
+-- ARGV[3..]  tid, ...           the claims' tracking ids
 
---! include deferred
-
-settle({deferred = KEYS[3], due = KEYS[2], flight_of = KEYS[4]}, ARGV[3])
-for i = 4, #ARGV do
-  local key = KEYS[i + 1]
+for i = 3, #ARGV do
+  local key = KEYS[i]
   local v = redis.call('HMGET', key, 'claim', 'next_poll_at')
   if v[1] == ARGV[1] then
     redis.call('HDEL', key, 'claim', 'lease_until')

@@ -6,15 +6,14 @@
 -- KEYS[2]    {p}:flight         the backlog ledger, fleet-wide
 -- KEYS[3]    {p}:flight_n       messages in the broker per account
 -- KEYS[4]    {p}:waiting        accounts with polls turned away by the bound
--- KEYS[5]    {p}:deferred       claims' updates to accounts' keys, settled first
--- KEYS[6..]  per account of ARGV, in order: {p}:due:{acct}, {p}:flight:{acct}, then the
+-- KEYS[5..]  per account of ARGV, in order: {p}:due:{acct}, {p}:flight:{acct}, then the
 --            record {p}:x:{tid} of each of its candidates, in ARGV's order
 --
 -- ARGV[1]    now
 -- ARGV[2]    rescue time
 -- ARGV[3]    grace              how long past its deadline an export may still be polled
 -- ARGV[4..]  per account: account, most exports, train size, n, then n candidates: its due
---            index's entries due by now, earliest first, as the caller read them (settled);
+--            index's entries due by now, earliest first, as the caller read them;
 --            each is checked again here
 --
 -- Returns {{account, tid, token, ...} taken, {tid, ...} found past their deadline}.
@@ -45,15 +44,13 @@ local function take_one(k, acct, tid, record, got, size)
   return got
 end
 
-local i, key = 4, 6
+local i, key = 4, 5
 while i <= #ARGV do
   local acct, want = ARGV[i], tonumber(ARGV[i + 1])
   local size, n = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
   local k = {
-    flight = KEYS[2], flight_n = KEYS[3], deferred = KEYS[5],
-    due = KEYS[key], flight_of = KEYS[key + 1],
+    flight = KEYS[2], flight_n = KEYS[3], due = KEYS[key], flight_of = KEYS[key + 1],
   }
-  settle(k, acct)
   local got = 0
   for j = 1, n do
     if got >= want then break end

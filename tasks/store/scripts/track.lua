@@ -11,8 +11,7 @@
 -- KEYS[8]   {p}:flight_n        messages in the broker per account
 -- KEYS[9]   {p}:flight:{acct}   the account's messages in the ledger
 -- KEYS[10]  {p}:waiting         accounts with polls turned away by the bound
--- KEYS[11]  {p}:deferred        claims' updates to the account's keys (see lib/deferred.lua)
--- KEYS[12]  {p}:x:{other}       only with ARGV[7]: the record of the tracking {p}:idem names
+-- KEYS[11]  {p}:x:{other}       only with ARGV[7]: the record of the tracking {p}:idem names
 --
 -- ARGV[1]   tid                 the new tracking id
 -- ARGV[2]   digest              idem_digest(account, export id)
@@ -27,7 +26,7 @@
 -- Returns {created, tid, admitted}: {1, tid, 1} created and its first poll may go to the
 -- broker now, {1, tid, 0} created and parked (due now, for the fair sweep), {0, other, 0} the
 -- export is active as other, {-1, other, 0} {p}:idem names other, not ARGV[7]: ask again with
--- its record as KEYS[12].
+-- its record as KEYS[11].
 
 --! include tracking
 

@@ -6,7 +6,7 @@
 local function track()
   local existing = redis.call('HGET', KEYS[1], ARGV[2])
   if existing and existing ~= ARGV[7] then return {-1, existing, 0} end
-  if existing and is_active(redis.call('HGET', KEYS[12], 'state')) then
+  if existing and is_active(redis.call('HGET', KEYS[11], 'state')) then
     return {0, existing, 0}
   end
   redis.call('HSET', KEYS[1], ARGV[2], ARGV[1])
@@ -19,12 +19,11 @@ local function track()
   redis.call('SADD', KEYS[5], account)
   if cap == 0 then return {1, ARGV[1], 1} end
   local k = {
-    metrics = KEYS[4], due = KEYS[6], flight = KEYS[7], flight_n = KEYS[8],
-    flight_of = KEYS[9], waiting = KEYS[10], deferred = KEYS[11],
+    metrics = KEYS[4], flight = KEYS[7], flight_n = KEYS[8],
+    flight_of = KEYS[9], waiting = KEYS[10],
   }
   local now = tonumber(ARGV[4])
   forget_lost(k, now - tonumber(ARGV[6]))
-  settle(k, account)
   if admit_message(k, account, now, cap, share_of(k, account, cap), now, ARGV[1]) then
     return {1, ARGV[1], 1}
   end
