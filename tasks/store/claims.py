@@ -43,6 +43,9 @@ class Write:
     outcome: str = "unknown"
 
 
+_CROWDED_READS = 3  # reads of the due index by one run at most
+
+
 class Claims(Part):
     """Take, give back and commit the poll leases of records."""
 
@@ -126,22 +129,30 @@ class Claims(Part):
         `candidates` (read with the claim, see `claim_message`), else the due index is read
         first; the script checks each again. An export polled after `polled_before` stays
         behind (a run takes exports due a little early along)."""
-        if limit <= 0:
-            return []
+        taken: list[Claim] = []
         tids = list(candidates) if candidates is not None else None
-        if tids is None:
-            (tids,) = self._due_ids([(account, due_by, 2 * limit)])
-        if not tids:
-            return []
-        k = self.keys
-        keys = [k.due(account), k.sched, *map(k.record, tids)]
-        floor = "" if polled_before is None else polled_before
-        args: list[Arg] = [now, lease_until, claim_id, limit, due_by, floor, *tids]
-        flat = self._claim_due(keys=keys, args=args)
-        return [
-            Claim(codec.text(tid), claim_id, codec.fields(fields))
-            for tid, fields in zip(flat[::2], flat[1::2], strict=True)
-        ]
+        for _ in range(_CROWDED_READS):
+            wanted = limit - len(taken)
+            if wanted <= 0:
+                break
+            if tids is None:
+                (tids,) = self._due_ids([(account, due_by, 2 * wanted)])
+            if not tids:
+                break
+            k, floor = self.keys, "" if polled_before is None else polled_before
+            args: list[Arg] = [now, lease_until, claim_id, wanted, due_by, floor, *tids]
+            flat = self._claim_due(keys=[k.due(account), k.sched, *map(k.record, tids)], args=args)
+            taken += [
+                Claim(codec.text(tid), claim_id, codec.fields(fields))
+                for tid, fields in zip(flat[::2], flat[1::2], strict=True)
+            ]
+            # Fewer taken than there were candidates for: runs that read the index at the same
+            # moment took them first (claimed exports move to their lease's end), so what is
+            # still due is read again, or a burst leaves in many small requests.
+            if len(flat) // 2 >= wanted or len(tids) < wanted:
+                break
+            tids = None
+        return taken
 
     def release(
         self, claims: Sequence[Claim], *, rescue_at: float, pipeline: Pipeline | None = None

@@ -462,6 +462,24 @@ def test_runs_looking_for_due_exports_skip_the_ones_other_runs_hold(
     assert {c.tracking_id for c in again} == {c.tracking_id for c in taken[0]}
 
 
+def test_runs_that_read_the_due_index_together_still_fill_their_trains(
+    engine: Engine, store: Store, broker: Broker, fake_clock: Clock
+) -> None:
+    """A burst read by many runs at once (a bulk provider's 1,000 exports, 16 threads): a run
+    whose candidates the others took first reads what is still due, not sending a short train."""
+    for i in range(12):
+        track(engine, f"e{i}")
+    now = fake_clock()
+    read_together = store.r.zrangebyscore(store.keys.due("scripted"), "-inf", now, 0, 8)
+    candidates = [x.decode() for x in read_together]
+    kw: dict[str, Any] = {"now": now, "lease_until": now + 120, "due_by": now, "limit": 4}
+    first = store.claim_due("scripted", "run-a", candidates=candidates, **kw)
+    second = store.claim_due("scripted", "run-b", candidates=candidates, **kw)
+    third = store.claim_due("scripted", "run-c", candidates=candidates, **kw)
+    assert [len(first), len(second), len(third)] == [4, 4, 4]
+    assert len({c.tracking_id for c in first + second + third}) == 12
+
+
 def test_a_run_takes_along_the_due_exports_after_the_ones_its_message_named(
     engine: Engine, store: Store, broker: Broker, fake_clock: Clock
 ) -> None:
