@@ -222,7 +222,7 @@ CLOCK_TOLERANCE = 0.05
 
 
 @pytest.mark.integration
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(240)
 @pytest.mark.parametrize("case", sorted(HOLD_CASES))
 def test_429_holds_the_whole_account_until_the_stated_time(
     fleet: Fleet, fake_provider: Callable[[set[str]], FakeProvider], case: str
@@ -241,7 +241,9 @@ def test_429_holds_the_whole_account_until_the_stated_time(
 
     wait_for(
         lambda: all(e in by_export(fleet.callbacks()) for e in ids),
-        80,
+        # patience, not the property (the holds are asserted below): the account's learned pace
+        # follows what a loaded machine's fleet managed to send, 41 s alone, 80+ side by side
+        130,
         "every export of the held account fired a callback",
     )
     callbacks = by_export(quiet_period(fleet))

@@ -364,11 +364,12 @@ def test_cgc_gone_id_fails_after_exactly_three_not_found_answers_despite_failure
         bad = [r for r in fake.log if not r.content_type_ok]
         assert not bad, f"{len(bad)} bulk requests lacked Content-Type: application/json; {facts}"
         # The scenario happened: the gone id was answered not found at least three times, with
-        # failures of the whole request between the first and second, and second and third.
+        # failures of the whole request between the first and the third. Where they land
+        # (between the first and second, or second and third) depends on how the service splits
+        # a failed bulk request, which the fake does not control: a failure anywhere between
+        # them resets a count that restarts on failures, so one is enough to tell.
         nf = [i for i, s in enumerate(sequence) if s == "NF"]
-        assert len(nf) >= 3 and nf[1] - nf[0] > 1 and nf[2] - nf[1] > 1, (
-            f"the scenario did not happen; {facts}"
-        )
+        assert len(nf) >= 3 and nf[2] - nf[0] > 2, f"the scenario did not happen; {facts}"
 
         assert [c["kind"] for c in callbacks.get(GONE, [])] == ["on_failure"], facts
         assert gone_record["state"] == "failed", facts
