@@ -1,6 +1,6 @@
 """Backoff efficiency, measured on the real policy code: requests per export vs detection lag.
 
-    .venv/bin/python bench/backoff_sim.py [--jobs 2000] [--seed 7] [--json]
+    .venv/bin/python bench/backoff_sim.py [--jobs 2000] [--seed 7] [--json] [--plot PATH]
 
 Replays jobs whose durations spread log-uniformly from 30 s to 2 h through
 `export_poller.policy.decide`
@@ -10,6 +10,7 @@ provider finished minus that finish. Reports requests per export and the 50th/95
 lag for the default policy, fixed 10/30/60 s polling and other backoff settings (the frontier),
 then the progress-aware policy on ChaosSearch-like jobs (partitions finishing at an uneven
 rate) against the cheapest plain backoff with the same or better 95th-percentile lag.
+`--plot PATH` draws those same rows (SVG or PNG; needs the `bench` extra).
 """
 
 from __future__ import annotations
@@ -143,6 +144,7 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--plot", type=Path, help="draw the frontier into this SVG/PNG file")
     args = parser.parse_args()
     jobs = make_jobs(args.jobs, random.Random(args.seed))
     print(f"{args.jobs} jobs, durations log-uniform 30 s .. 2 h (seed {args.seed})")
@@ -160,6 +162,10 @@ def main() -> int:
     )
     if args.json:
         print(json.dumps({"frontier": rows, "progress": result}))
+    if args.plot:
+        from bench import plots
+
+        print(f"plot: {plots.backoff_frontier(rows, result, args.plot)}")
     return 0 if result["pass"] else 1
 
 

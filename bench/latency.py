@@ -1,7 +1,7 @@
 """Cost per poll at internet latency: a worker beside a bare `requests` loop, same server.
 
     .venv/bin/python bench/latency.py [--delays 100,200,500] [--concurrency 200]
-        [--seconds 30] [--exports 3000] [--profile DIR] [--json]
+        [--seconds 30] [--exports 3000] [--profile DIR] [--json] [--plot PATH]
 
 The simulator (one process for the whole run) answers every Cometly status request after the
 injected delay (a global `slow` fault at rate 1). For each delay, in turn:
@@ -23,6 +23,7 @@ Goal (issue 14), at 200 ms and 200-way concurrency: worker CPU per 1,000 polls <
 bare loop's, worker polls/s >= 80% of the loop's.
 `--profile DIR` records the worker with py-spy during the window (its CPU figure then includes
 the sampling cost) and writes DIR/worker-<delay>ms.txt (collapsed stacks).
+`--plot PATH` draws the table's rows: CPU per 1,000 polls and polls/s against the delay.
 """
 
 from __future__ import annotations
@@ -267,6 +268,7 @@ def main() -> int:
     parser.add_argument("--profile", type=Path)
     parser.add_argument("--worker-only", action="store_true", help="skip the two loops")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--plot", type=Path, help="draw the rows into this SVG/PNG file")
     args = parser.parse_args()
     exit_on_sigterm()
     print(
@@ -288,6 +290,10 @@ def main() -> int:
         print("PASS" if ok else "FAIL")
     if args.json:
         print(json.dumps({"rows": rows, "pass": ok}))
+    if args.plot:
+        from bench import plots
+
+        print(f"plot: {plots.latency_cost(rows, args.plot)}")
     return 0 if ok else 1
 
 

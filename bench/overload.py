@@ -1,7 +1,7 @@
 """Overload: one big account beside a small one, far more due work than the worker polls.
 
     .venv/bin/python bench/overload.py [--seconds 600] [--big 3000] [--small 10] [--json]
-        [--backoff-max 3] [--sim-threads 8]
+        [--backoff-max 3] [--sim-threads 8] [--plot PATH]
 
 `--backoff-max 1 --sim-threads 512` is the fairness goal's setup: a backoff ceiling of 1 s and a
 provider that serves any number of requests at once, so what the small account waits for is
@@ -20,6 +20,9 @@ would be read as one), and printed:
   first poll   a newly tracked export of `small`: tracking -> its first poll, each
   broker       the poll queue's length (a Redis list, LLEN) and kombu's unacked messages
                (HLEN unacked: prefetched and countdown messages a worker holds), p50/p95/max
+
+`--plot PATH` draws the lag samples behind the printed percentiles, per account, and the
+broker's two counts over the run.
 """
 
 from __future__ import annotations
@@ -119,7 +122,7 @@ class Sampler:
 
 def run(
     seconds: float, big: int, small: int, new_every: float, backoff_max: float, sim_threads: int
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], Sampler]:
     with stack(["--threads", str(sim_threads)], "overload") as (env, workdir, children):
         env |= account_env(env["POLLER_ACCOUNTS__COMETLY__BASE_URL"], backoff_max)
         sim = sim_of(env)
@@ -153,7 +156,7 @@ def run(
             sampler.sample(settings.queue)
             time.sleep(0.25)
         requests = sim.stats()["providers"]["cometly"]["requests"]
-    return summary(sampler, seconds, requests)
+    return summary(sampler, seconds, requests), sampler
 
 
 def summary(s: Sampler, seconds: float, requests: int) -> dict[str, Any]:
@@ -183,12 +186,13 @@ def main() -> int:
     parser.add_argument("--backoff-max", type=float, default=3.0)
     parser.add_argument("--sim-threads", type=int, default=8)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--plot", type=Path, help="draw lags and backlog into this SVG/PNG")
     args = parser.parse_args()
     exit_on_sigterm()
     print(
         f"machine: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}"
     )
-    out = run(
+    out, sampler = run(
         args.seconds, args.big, args.small, args.new_every, args.backoff_max, args.sim_threads
     )
     print(f"{out['seconds']:.0f}s, {out['requests']} provider requests")
@@ -207,6 +211,11 @@ def main() -> int:
     )
     if args.json:
         print(json.dumps(out))
+    if args.plot:
+        from bench import plots
+
+        drawn = plots.overload_lag(out, sampler.lags, sampler.queue, sampler.unacked, args.plot)
+        print(f"plot: {drawn}")
     return 0
 
 

@@ -38,15 +38,35 @@ class AccountSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    provider: str
-    base_url: str | None = None
-    token: SecretStr | None = None
-    username: str | None = None
-    password: SecretStr | None = None
-    access_key: SecretStr | None = None
-    secret_key: SecretStr | None = None
-    region: str | None = None
-    rate_limit: str | None = None
+    provider: str = Field(
+        description="The account's provider: chaossearch, saymon, biodatacatalyst, cometly or "
+        "cgc (case-insensitive)."
+    )
+    base_url: str | None = Field(
+        None,
+        description="The provider API's base URL (http or https). Cometly and the Seven Bridges "
+        "platforms have a default; ChaosSearch and SAYMON need one. Point it at the simulator "
+        "to try things out.",
+    )
+    token: SecretStr | None = Field(
+        None, description="Seven Bridges (CGC, BioData Catalyst) or Cometly API token. Secret."
+    )
+    username: str | None = Field(None, description="SAYMON basic-auth user.")
+    password: SecretStr | None = Field(None, description="SAYMON basic-auth password. Secret.")
+    access_key: SecretStr | None = Field(
+        None, description="ChaosSearch AWS access key id (SigV4). Secret."
+    )
+    secret_key: SecretStr | None = Field(
+        None, description="ChaosSearch AWS secret access key (SigV4). Secret."
+    )
+    region: str | None = Field(None, description="ChaosSearch SigV4 region, e.g. us-east-1.")
+    rate_limit: str | None = Field(
+        None,
+        description="An upper bound the whole fleet never exceeds for this account, e.g. "
+        "30/minute or '1000 per 5 minutes'. Not needed to stay inside a provider's limit: a "
+        "stated budget and 429s are followed on their own; set it to keep below a share you "
+        "agreed on.",
+    )
 
     @field_validator("provider")
     @classmethod
@@ -75,7 +95,8 @@ class AccountSettings(BaseModel):
 
 
 class Settings(BaseSettings):
-    """Everything the service reads at start-up; see the README's settings table."""
+    """Everything the service reads at start-up. Every field's description is the user docs'
+    settings reference (docs/hooks.py renders it), so a new field needs one."""
 
     model_config = SettingsConfigDict(
         env_prefix="POLLER_",
@@ -86,61 +107,191 @@ class Settings(BaseSettings):
         extra="ignore",
     )
 
-    redis_url: str = Field("redis://127.0.0.1:6379/0", repr=False)
-    broker_url: str | None = Field(None, repr=False)
-    redis_sentinel_master: str | None = None
-    broker_quorum_queues: bool = False
-    broker_consumer_timeout: PositiveSeconds = 1800.0
-    key_prefix: str = "ep"
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        repr=False,
+        description="The store, where every tracked export lives (redis://, rediss://, unix://, "
+        "sentinel://). Passwords are allowed and always shown redacted. Every process of the "
+        "fleet and every application that tracks exports uses the same one.",
+    )
+    broker_url: str | None = Field(
+        None,
+        repr=False,
+        description="The Celery broker: RabbitMQ (amqp://, amqps://) or Redis (as the store). "
+        "Unset: the store's Redis is the broker too. Set it to use RabbitMQ, which loses no "
+        "message when a worker is killed.",
+    )
+    redis_sentinel_master: str | None = Field(
+        None,
+        description="The Redis master's name; required with a sentinel:// URL, which follows a "
+        "failover.",
+    )
+    broker_quorum_queues: bool = Field(
+        False,
+        description="RabbitMQ: declare this service's queue as a replicated quorum queue. "
+        "Countdowns then round up to whole seconds; delete an existing classic queue of the "
+        "same name first.",
+    )
+    broker_consumer_timeout: PositiveSeconds = Field(
+        1800.0,
+        description="RabbitMQ: the server's consumer_timeout in seconds. Start-up refuses "
+        "settings a poll could outlast; lower it here if your server's timeout is shorter.",
+    )
+    key_prefix: str = Field(
+        "ep",
+        description="Prefix of every Redis key this service writes. Give each fleet sharing a "
+        "Redis its own.",
+    )
     queue: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$")] = (
-        "export-poller"
+        Field(
+            "export-poller",
+            description="This service's Celery queue: polls, sweeps and exports.track. "
+            "Applications that send exports.track by name send it here.",
+        )
     )
     callback_queue: (
         Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$")] | None
-    ) = None
-    backoff_initial: PositiveSeconds = 10.0
-    backoff_factor: Annotated[float, Field(ge=1.0)] = 2.0
-    backoff_max: PositiveSeconds = 240.0
-    backoff_floor: Annotated[float, Field(ge=0)] = 1.0
-    # A sweep costs a few Redis calls (it follows due work, not tracked exports), and it is
-    # the only way parked polls reach the broker: every second keeps a bound of twice the
-    # threads enough to feed them.
-    sweep_interval: PositiveSeconds = 1.0
-    default_timeout: PositiveSeconds = 24 * 3600.0
-    enqueue_horizon: PositiveSeconds = 10.0
-    lease_seconds: PositiveSeconds = 120.0
-    visibility_timeout: PositiveSeconds = 300.0
-    rescue_grace: PositiveSeconds = 30.0
-    http_connect_timeout: PositiveSeconds = 5.0
-    http_read_timeout: PositiveSeconds = 30.0
-    # Wall clock for a whole request, headers and body (default: the read timeout): a
-    # trickling answer never trips the read timeout, which applies to each socket read.
-    http_total_timeout: PositiveSeconds | None = None
-    max_response_bytes: Annotated[int, Field(gt=0)] = 2 * 1024 * 1024
-    record_ttl: PositiveSeconds = 7 * 24 * 3600.0
-    sweep_batch: Annotated[int, Field(gt=0)] = 1000
-    confirm_refusals: Annotated[int, Field(ge=1)] = 3
-    # A callback that fails to dispatch this many times is moved to the dead-letter set.
-    callback_attempts: Annotated[int, Field(ge=1)] = 5
-    train_max: Annotated[int, Field(ge=1)] = 50
-    train_seconds: PositiveSeconds = 1.0
+    ) = Field(
+        None,
+        description="The queue a callback goes to when its signature names none: your own "
+        "workers' queue. Unset: this service's queue, whose workers discard tasks they lack.",
+    )
+    backoff_initial: PositiveSeconds = Field(
+        10.0, description="Seconds: the first backoff ceiling (full jitter below it)."
+    )
+    backoff_factor: Annotated[float, Field(ge=1.0)] = Field(
+        2.0, description="How much the backoff ceiling grows after each poll."
+    )
+    backoff_max: PositiveSeconds = Field(
+        240.0,
+        description="Seconds: the longest wait the poller chooses, backoff and progress-aware "
+        "waits alike (a provider's Retry-After may be longer). Lower it if callback delay "
+        "matters more than requests.",
+    )
+    backoff_floor: Annotated[float, Field(ge=0)] = Field(
+        1.0, description="Seconds: no poll of an export comes sooner than this after its last."
+    )
+    sweep_interval: PositiveSeconds = Field(
+        1.0,
+        description="Seconds between beat sweeps. A sweep costs a few Redis calls (it follows "
+        "due work, not tracked exports) and is the only way parked polls reach the broker: "
+        "every second keeps a backlog bound of twice the threads fed.",
+    )
+    default_timeout: PositiveSeconds = Field(
+        24 * 3600.0,
+        description="Seconds an export may run when track_export is given no timeout; then it "
+        "ends timed_out.",
+    )
+    enqueue_horizon: PositiveSeconds = Field(
+        10.0,
+        description="Polls due within this many seconds go to Celery as countdowns; later ones "
+        "stay parked in Redis (a worker holds every countdown task in memory).",
+    )
+    lease_seconds: PositiveSeconds = Field(
+        120.0,
+        description="A poll's exclusive lease, in seconds: how long a worker killed mid-poll "
+        "can delay an export. Must exceed the HTTP connect + total timeouts.",
+    )
+    visibility_timeout: PositiveSeconds = Field(
+        300.0,
+        description="Redis broker: seconds before a message held by a dead worker (a callback, "
+        "a track) goes to another. Must exceed POLLER_ENQUEUE_HORIZON + POLLER_LEASE_SECONDS; "
+        "lost polls do not wait for it.",
+    )
+    rescue_grace: PositiveSeconds = Field(
+        30.0,
+        description="Seconds a handed-off poll or callback may be late before the sweep sends "
+        "it again.",
+    )
+    http_connect_timeout: PositiveSeconds = Field(
+        5.0, description="Seconds to connect to a provider."
+    )
+    http_read_timeout: PositiveSeconds = Field(
+        30.0, description="Seconds for each socket read of a provider's answer."
+    )
+    http_total_timeout: PositiveSeconds | None = Field(
+        None,
+        description="Wall-clock seconds for a whole request once connected, headers and body, "
+        "so a provider trickling its answer (which never trips the per-read timeout) cannot "
+        "hold a worker thread. Unset: the read timeout.",
+    )
+    max_response_bytes: Annotated[int, Field(gt=0)] = Field(
+        2 * 1024 * 1024,
+        description="Answers larger than this (decoded bytes, so a gzip bomb counts in full) "
+        "are refused and retried.",
+    )
+    record_ttl: PositiveSeconds = Field(
+        7 * 24 * 3600.0,
+        description="Seconds a finished export's record is kept (for status, refresh and "
+        "redeliver).",
+    )
+    sweep_batch: Annotated[int, Field(gt=0)] = Field(
+        1000, description="Most items one sweep step handles."
+    )
+    confirm_refusals: Annotated[int, Field(ge=1)] = Field(
+        3,
+        description="Consecutive 404/401/403 answers that end an export as failed (one could "
+        "be a provider's hiccup).",
+    )
+    callback_attempts: Annotated[int, Field(ge=1)] = Field(
+        5,
+        description="Failed dispatches of one callback before it moves to the dead-letter set "
+        "(a broker outage does not count).",
+    )
+    train_max: Annotated[int, Field(ge=1)] = Field(
+        50,
+        description="Most exports of one account one poll task takes on (a bulk provider's "
+        "request size if larger).",
+    )
+    train_seconds: PositiveSeconds = Field(
+        1.0,
+        description="Seconds of requests one poll task plans for; the rest of a train goes on "
+        "to another task, so a slow provider still fans out over the fleet.",
+    )
     # Requests of one train in flight together (a wave): a train no longer waits on the sum of
     # its latencies, so one message carries ~8x the polls at 100-300 ms answers (a worker's
     # CPU per poll: 1.61 ms at 1, 0.89 ms at 8; bench/latency.py). A wave re-reads the
     # account's hold first, and is one request wide until answers come back calm; against a
     # limit nobody states, the first 429 still finds the rest of its wave already sent.
-    train_parallel: Annotated[int, Field(ge=1, le=64)] = 8
+    train_parallel: Annotated[int, Field(ge=1, le=64)] = Field(
+        8,
+        description="Requests of one train in flight together (a wave): a worker has at most "
+        "--concurrency x this many in flight. 1 asks one request after another (more CPU per "
+        "poll); lower it for a provider that serves few requests at once.",
+    )
     # Most poll messages ready in the broker (and not yet started) across the fleet: each is
     # about POLLER_TRAIN_SECONDS of one thread's work; the rest of the due work waits in Redis.
     # A new message waits behind the ready ones (a queue is first in, first out), so the bound
     # is a wait: 2 x a worker's 16 threads is about 2 s of their work (bench/overload.py).
-    backlog_max: Annotated[int, Field(ge=1)] = 32
-    breaker_window: PositiveSeconds = 30.0
-    breaker_min_calls: Annotated[int, Field(ge=1)] = 10
-    breaker_ratio: Annotated[float, Field(gt=0, le=1)] = 0.5
-    breaker_cooldown: PositiveSeconds = 10.0
-    breaker_max_cooldown: PositiveSeconds = 300.0
-    accounts: dict[str, AccountSettings] = Field(default_factory=dict)
+    backlog_max: Annotated[int, Field(ge=1)] = Field(
+        32,
+        description="Most poll messages ready in the broker for the whole fleet (plus one per "
+        "account); the rest waits in Redis, shared fairly among accounts. About 2 x the "
+        "fleet's worker threads: lower and threads idle, higher and every poll waits longer.",
+    )
+    breaker_window: PositiveSeconds = Field(
+        30.0, description="Seconds over which an account's circuit breaker counts failures."
+    )
+    breaker_min_calls: Annotated[int, Field(ge=1)] = Field(
+        10, description="Requests within the window before the breaker may open."
+    )
+    breaker_ratio: Annotated[float, Field(gt=0, le=1)] = Field(
+        0.5,
+        description="Share of failed requests (5xx, timeouts, connection errors) in the window "
+        "that opens the breaker.",
+    )
+    breaker_cooldown: PositiveSeconds = Field(
+        10.0, description="Seconds an open breaker holds the account back."
+    )
+    breaker_max_cooldown: PositiveSeconds = Field(
+        300.0,
+        description="Seconds: the hold doubles each time the breaker opens again, up to this.",
+    )
+    accounts: dict[str, AccountSettings] = Field(
+        default_factory=dict,
+        description="Every account, one per set of credentials: POLLER_ACCOUNTS__<NAME>__<FIELD> "
+        "per field, or all as one JSON object in POLLER_ACCOUNTS. Only workers need them.",
+    )
 
     @field_validator("redis_url")
     @classmethod
