@@ -1,4 +1,5 @@
-"""One settings object with explicit precedence: init kwargs > environment > `.env` file > defaults.
+"""One settings object with explicit precedence: init kwargs > environment > `.env` file > the
+profile's defaults (`POLLER_PROFILE`) > defaults.
 
 Accounts are nested: `POLLER_ACCOUNTS__ACME__PROVIDER=cometly` defines the account `acme`; or
 `POLLER_ACCOUNTS` holds them all as JSON, for deployments that pass one variable. Names are
@@ -12,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 from functools import lru_cache
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -31,6 +32,24 @@ from export_poller.config import brokers
 _RATE = re.compile(r"^\s*\d+\s*(/|per)\s*\d*\s*(second|minute|hour|day)s?\s*$", re.IGNORECASE)
 
 PositiveSeconds = Annotated[float, Field(gt=0)]
+QUEUE_PATTERN = r"^[A-Za-z0-9_.:-]+$"
+QueueName = Annotated[str, Field(min_length=1, max_length=200, pattern=QUEUE_PATTERN)]
+
+# The defaults `POLLER_PROFILE=trial` puts in place of production's: a poll every few seconds,
+# so a local trial sees its callbacks in seconds rather than minutes, and a poll or callback
+# lost to a stopped worker is rescued in seconds too. A setting given explicitly still wins.
+PROFILES: dict[str, dict[str, float]] = {
+    "production": {},
+    "trial": {
+        "backoff_initial": 0.5,
+        "backoff_max": 3.0,
+        "backoff_floor": 0.2,
+        "rescue_grace": 6.0,
+        "lease_seconds": 45.0,
+        "http_read_timeout": 5.0,
+    },
+}
+_TRIAL = ", ".join(f"POLLER_{k.upper()}={v:g}" for k, v in PROFILES["trial"].items())
 
 
 class AccountSettings(BaseModel):
@@ -92,12 +111,17 @@ class Settings(BaseSettings):
     broker_quorum_queues: bool = False
     broker_consumer_timeout: PositiveSeconds = 1800.0
     key_prefix: str = "ep"
-    queue: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$")] = (
-        "export-poller"
+    profile: Literal["production", "trial"] = Field(
+        "production",
+        description=(
+            "Which defaults the other settings take. `production`: the defaults listed here. "
+            f"`trial`, for trying the poller locally (the demo uses it): {_TRIAL}, so callbacks "
+            "arrive in seconds; it polls a provider every few seconds, too often for "
+            "production. A setting set explicitly wins over either."
+        ),
     )
-    callback_queue: (
-        Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$")] | None
-    ) = None
+    queue: QueueName = "export-poller"
+    callback_queue: QueueName | None = None
     backoff_initial: PositiveSeconds = 10.0
     backoff_factor: Annotated[float, Field(ge=1.0)] = 2.0
     backoff_max: PositiveSeconds = 240.0
@@ -141,6 +165,15 @@ class Settings(BaseSettings):
     breaker_cooldown: PositiveSeconds = 10.0
     breaker_max_cooldown: PositiveSeconds = 300.0
     accounts: dict[str, AccountSettings] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _profile_defaults(cls, data: Any) -> Any:
+        """The profile's defaults under what was set (arguments, environment, `.env`)."""
+        if not isinstance(data, dict) or not isinstance(data.get("profile"), str):
+            return data
+        data = {**data, "profile": data["profile"].strip().lower()}
+        return {**PROFILES.get(data["profile"], {}), **data}
 
     @field_validator("redis_url")
     @classmethod
