@@ -132,10 +132,12 @@ def _status(fields: dict[str, str]) -> dict[str, Any] | None:
 
 
 def _error(fields: dict[str, str]) -> dict[str, Any] | None:
+    """A finished record's error is what ended it, written when it ended: none for a completed
+    or cancelled one, whatever its polls met on the way. An active record's is its last poll's."""
     if fields.get("error"):
         error: dict[str, Any] = json.loads(fields["error"])
         return error
-    if not fields.get("error_kind"):
+    if fields.get("state") in ("completed", "cancelled") or not fields.get("error_kind"):
         return None
     status = fields.get("error_status")
     return {
