@@ -108,7 +108,8 @@ def _operations(fields: dict[str, str]) -> dict[str, Any]:
     for name in ("redelivered_at", "refreshed_at"):
         if fields.get(name):
             out[name] = float(fields[name])
-    for name in ("warning", "callback_error"):  # a dead-lettered callback says why
+    # a dead-lettered callback says why; a redelivered one, where it went
+    for name in ("warning", "callback_error", "redelivered_to"):
         if fields.get(name):
             out[name] = fields[name]
     if fields.get("callback_dead_at"):
