@@ -123,7 +123,7 @@ def _no_consumer(queue: str, consumed: set[str]) -> str:
 def _cli_signature(task: str | None, queue: str | None) -> Any:
     from celery import signature
 
-    if queue is not None and not _QUEUE.match(queue):
+    if queue is not None and not _QUEUE.fullmatch(queue):
         raise ConfigurationError(f"--callback-queue {queue!r} is not a queue name")
     if not task:
         return None

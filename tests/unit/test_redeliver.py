@@ -116,3 +116,10 @@ def test_a_queue_that_is_no_queue_name_is_refused_before_anything_is_sent(
         api.redeliver_callback(tid, queue=queue)
     assert len(broker.callbacks) == 1
     assert "redeliveries" not in (api.get_export(tid) or {})
+
+
+def test_track_refuses_a_callback_queue_with_a_trailing_newline(wired: Engine) -> None:
+    """`$` matches before a final newline: the check must take the whole name."""
+    refused = run("track", "cometly", "44", "--on-complete", "a.b", "--callback-queue", "myapp\n")
+    one_line_error(refused, "is not a queue name")
+    assert list(wired.store.iter_ids()) == []
