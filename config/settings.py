@@ -1,4 +1,5 @@
-"""One settings object with explicit precedence: init kwargs > environment > `.env` file > defaults.
+"""One settings object with explicit precedence: init kwargs > environment > `.env` file > the
+profile's defaults (`POLLER_PROFILE`) > defaults.
 
 Accounts are nested: `POLLER_ACCOUNTS__ACME__PROVIDER=cometly` defines the account `acme`; or
 `POLLER_ACCOUNTS` holds them all as JSON, for deployments that pass one variable. Names are
@@ -12,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 from functools import lru_cache
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -31,6 +32,24 @@ from export_poller.config import brokers
 _RATE = re.compile(r"^\s*\d+\s*(/|per)\s*\d*\s*(second|minute|hour|day)s?\s*$", re.IGNORECASE)
 
 PositiveSeconds = Annotated[float, Field(gt=0)]
+QUEUE_PATTERN = r"^[A-Za-z0-9_.:-]+$"
+QueueName = Annotated[str, Field(min_length=1, max_length=200, pattern=QUEUE_PATTERN)]
+
+# The defaults `POLLER_PROFILE=trial` puts in place of production's: a poll every few seconds,
+# so a local trial sees its callbacks in seconds rather than minutes, and a poll or callback
+# lost to a stopped worker is rescued in seconds too. A setting given explicitly still wins.
+PROFILES: dict[str, dict[str, float]] = {
+    "production": {},
+    "trial": {
+        "backoff_initial": 0.5,
+        "backoff_max": 3.0,
+        "backoff_floor": 0.2,
+        "rescue_grace": 6.0,
+        "lease_seconds": 45.0,
+        "http_read_timeout": 5.0,
+    },
+}
+_TRIAL = ", ".join(f"POLLER_{k.upper()}={v:g}" for k, v in PROFILES["trial"].items())
 
 
 class AccountSettings(BaseModel):
@@ -142,16 +161,21 @@ class Settings(BaseSettings):
         description="Prefix of every Redis key this service writes. Give each fleet sharing a "
         "Redis its own.",
     )
-    queue: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$")] = (
-        Field(
-            "export-poller",
-            description="This service's Celery queue: polls, sweeps and exports.track. "
-            "Applications that send exports.track by name send it here.",
-        )
+    profile: Literal["production", "trial"] = Field(
+        "production",
+        description=(
+            "Which defaults the other settings take. `production`: the defaults listed here. "
+            f"`trial`, for trying the poller locally (the demo uses it): {_TRIAL}, so callbacks "
+            "arrive in seconds; it polls a provider every few seconds, too often for "
+            "production. A setting set explicitly wins over either."
+        ),
     )
-    callback_queue: (
-        Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$")] | None
-    ) = Field(
+    queue: QueueName = Field(
+        "export-poller",
+        description="This service's Celery queue: polls, sweeps and exports.track. "
+        "Applications that send exports.track by name send it here.",
+    )
+    callback_queue: QueueName | None = Field(
         None,
         description="The queue a callback goes to when its signature names none: your own "
         "workers' queue. Unset: this service's queue, whose workers discard tasks they lack.",
@@ -292,6 +316,15 @@ class Settings(BaseSettings):
         description="Every account, one per set of credentials: POLLER_ACCOUNTS__<NAME>__<FIELD> "
         "per field, or all as one JSON object in POLLER_ACCOUNTS. Only workers need them.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _profile_defaults(cls, data: Any) -> Any:
+        """The profile's defaults under what was set (arguments, environment, `.env`)."""
+        if not isinstance(data, dict) or not isinstance(data.get("profile"), str):
+            return data
+        data = {**data, "profile": data["profile"].strip().lower()}
+        return {**PROFILES.get(data["profile"], {}), **data}
 
     @field_validator("redis_url")
     @classmethod

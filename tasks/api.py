@@ -265,8 +265,8 @@ def callback_warnings(*signatures: object) -> list[str]:
     return out
 
 
-def queue_has_consumer(queue: str, timeout: float = 1.0) -> bool | None:
-    """Whether a worker on the broker consumes `queue`, by asking them all (a remote-control
+def consumed_queues(timeout: float = 1.0) -> set[str] | None:
+    """The queues the workers on the broker consume, by asking them all (a remote-control
     broadcast: `timeout` seconds, since it cannot know how many will answer); None if none
     answered. Measured by bench/consumer_check.py: ~1 s, so the CLI asks, not every callback."""
     from export_poller.celery import app
@@ -274,7 +274,7 @@ def queue_has_consumer(queue: str, timeout: float = 1.0) -> bool | None:
     replies = app.control.inspect(timeout=timeout).active_queues()
     if not replies:
         return None
-    return any(q.get("name") == queue for queues in replies.values() for q in queues or ())
+    return {q["name"] for queues in replies.values() for q in queues or () if q.get("name")}
 
 
 @cache
@@ -370,6 +370,7 @@ __all__ = [
     "callback_signature",
     "callback_warnings",
     "cancel_export",
+    "consumed_queues",
     "get_export",
     "redeliver_callback",
     "refresh_export",

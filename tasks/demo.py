@@ -63,18 +63,12 @@ def simulator_accounts_env(sim_url: str) -> dict[str, str]:
 
 
 def fast_env(redis_url: str, sim_url: str, prefix: str = "demo") -> dict[str, str]:
-    """Settings that make a minutes-long production cadence fit in seconds."""
+    """The demo's settings: the documented trial profile (a minutes-long production cadence
+    fits in seconds), on the given Redis, with the simulator's accounts."""
     return {
         "POLLER_REDIS_URL": redis_url,
         "POLLER_KEY_PREFIX": prefix,
-        "POLLER_BACKOFF_INITIAL": "0.5",
-        "POLLER_BACKOFF_FACTOR": "2",
-        "POLLER_BACKOFF_MAX": "3",
-        "POLLER_BACKOFF_FLOOR": "0.2",
-        "POLLER_SWEEP_INTERVAL": "1",
-        "POLLER_RESCUE_GRACE": "6",
-        "POLLER_LEASE_SECONDS": "45",
-        "POLLER_HTTP_READ_TIMEOUT": "5",
+        "POLLER_PROFILE": "trial",
         **simulator_accounts_env(sim_url),
     }
 

@@ -5,16 +5,18 @@ say why an active one looks stuck. Public as `export_poller.api.refresh_export` 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from export_poller import clock, policy, runtime
-from export_poller.config.settings import get_settings
+from export_poller.config.settings import QUEUE_PATTERN, get_settings
 from export_poller.providers import errors
 from export_poller.providers.models import ExportStatus
 from export_poller.records import full_signature
 
 log = logging.getLogger("export_poller.api")
+QUEUE_NAME = re.compile(QUEUE_PATTERN)
 
 
 class OperationFailed(RuntimeError):
@@ -35,24 +37,80 @@ def _finished(tracking_id: str) -> dict[str, str]:
     return fields
 
 
-def redeliver_callback(tracking_id: str) -> dict[str, Any]:
+def redeliver_callback(tracking_id: str, queue: str | None = None) -> dict[str, Any]:
     """Send a finished export's callback again, on purpose; the record counts `redeliveries`
-    and the record sent carries the count, so the caller can tell a redelivery apart."""
+    and the record sent carries the count, so the caller can tell a redelivery apart.
+
+    With `queue`, the callback goes to that queue whatever its signature's routing (a callback
+    sent where no worker runs it is fixed this way); the record notes it as `redelivered_to`.
+    Returns the record, with `warnings` when there is something to tell (logged too)."""
+    from export_poller.api import callback_warnings
+
     engine = runtime.get_engine()
+    target = None if queue is None else _queue_name(queue)
     fields = _finished(tracking_id)
+    sig = _callback(tracking_id, fields)
+    if target is not None:
+        sig["options"] = rerouted(sig.get("options") or {}, target)
+    warnings = callback_warnings(sig)
+    if target is None and fields.get("warning"):
+        warnings = [_same_queue_again(tracking_id, sig)]
+    to = {"redelivered_at": clock.now(), "redelivered_to": destination(sig) or ""}
+    engine.store.note_finished(tracking_id, "redeliveries", to)
+    record = engine.get(tracking_id) or {}
+    engine.outbox.fire(sig, record)
+    log.info("callback redelivered tracking_id=%s to=%s", tracking_id, to["redelivered_to"])
+    for warning in warnings:
+        log.warning("redelivery tracking_id=%s: %s", tracking_id, warning)
+    return record | {"warnings": warnings} if warnings else record
+
+
+def _callback(tracking_id: str, fields: dict[str, str]) -> dict[str, Any]:
+    """The finished export's callback signature, as it will be sent."""
     kind = policy.callback_kind(fields.get("state", ""))
     if kind is None:
         raise errors.ConfigurationError(f"export {tracking_id} was cancelled: no callback fires")
     ref = fields.get(kind)
-    signature = engine.store.get_signature(ref) if ref else None
+    signature = runtime.get_engine().store.get_signature(ref) if ref else None
     if signature is None:
         why = "its signature has expired" if ref else "none was given"
         raise errors.ConfigurationError(f"export {tracking_id} has no {kind} callback: {why}")
-    engine.store.note_finished(tracking_id, "redeliveries", {"redelivered_at": clock.now()})
-    record = engine.get(tracking_id) or {}
-    engine.outbox.fire(full_signature(signature), record)
-    log.info("callback redelivered tracking_id=%s kind=%s", tracking_id, kind)
-    return record
+    return full_signature(signature)
+
+
+def _queue_name(value: object) -> str:
+    """A queue name as the queue settings take it; anything else is refused here."""
+    if not isinstance(value, str) or len(value) > 200 or not QUEUE_NAME.fullmatch(value):
+        raise errors.ConfigurationError(
+            f"queue {value!r} is not a queue name: 1 to 200 letters, digits, '_', '.', ':' or '-'"
+        )
+    return value
+
+
+def rerouted(options: Mapping[str, Any], queue: str) -> dict[str, Any]:
+    """A signature's options sent to `queue`: an exchange or routing key of its own would
+    route the message past the queue (Celery lets them override it), so they go."""
+    kept = {k: v for k, v in options.items() if k not in ("exchange", "routing_key")}
+    return kept | {"queue": queue}
+
+
+def destination(sig: Mapping[str, Any]) -> str | None:
+    """The queue a callback is sent to: its own, this service's for one that names none, or
+    None when the caller's exchange routes it."""
+    options = sig.get("options") or {}
+    if options.get("queue"):
+        return str(options["queue"])
+    if options.get("exchange") or options.get("routing_key"):
+        return None
+    return get_settings().queue
+
+
+def _same_queue_again(tracking_id: str, sig: Mapping[str, Any]) -> str:
+    return (
+        f"callback {sig.get('task')!r} goes to queue {destination(sig)!r} again, the queue the "
+        f"record's warning is about; re-route it with `export-poller redeliver {tracking_id} "
+        "--queue YOUR_QUEUE` (API: redeliver_callback(tracking_id, queue=...))"
+    )
 
 
 def refresh_export(tracking_id: str, *, callback: bool = False) -> dict[str, Any]:

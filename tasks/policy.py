@@ -148,9 +148,10 @@ def _on_status(
     ctx: PollContext, status: ExportStatus, now: float, backoff: Backoff, rand: Callable[[], float]
 ) -> Decision:
     if status.terminal:
-        return Decision(state=status.state, next_poll_at=None, status=status)
+        error = failure_error(status) if status.state == "failed" else None
+        return Decision(state=status.state, next_poll_at=None, status=status, error=error)
     if now >= ctx.deadline:
-        return Decision(state="timed_out", next_poll_at=None, status=status)
+        return Decision(state="timed_out", next_poll_at=None, status=status, error=deadline_error())
     wait = progress_wait(status, ctx.started_at, now, backoff.floor, backoff.maximum)
     if wait is None:
         wait = backoff.delay(ctx.attempts, rand)
@@ -163,7 +164,7 @@ def _on_rate_limited(ctx: PollContext, exc: errors.RateLimited, now: float) -> D
     """Poll no sooner than told, strictly; the attempt does not count (the provider did not
     look)."""
     if now >= ctx.deadline:
-        return Decision(state="timed_out", next_poll_at=None, error=exc.as_dict())
+        return Decision(state="timed_out", next_poll_at=None, error=deadline_error(exc.as_dict()))
     at = min(now + max(exc.retry_after, 0.0), ctx.deadline)  # never wait past the deadline
     return Decision(
         state=ctx.state,
@@ -201,7 +202,7 @@ def _retry(
     rand: Callable[[], float],
 ) -> Decision:
     if now >= ctx.deadline:
-        return Decision(state="timed_out", next_poll_at=None, error=exc.as_dict())
+        return Decision(state="timed_out", next_poll_at=None, error=deadline_error(exc.as_dict()))
     wait = backoff.delay(ctx.attempts, rand)
     # A failure of the whole request says nothing about this id: it keeps its refusal count.
     return Decision(
@@ -210,6 +211,37 @@ def _retry(
         refusals=ctx.refusals,
         error=exc.as_dict(),
     )
+
+
+# What ended an export, in the one shape of a finished record's `error` (a provider error's
+# `as_dict()`): a refusal is its own error; these are the two endings that are not errors.
+PROVIDER_FAILED = "provider_failed"
+DEADLINE = "deadline"
+
+
+def failure_error(status: ExportStatus) -> dict[str, Any]:
+    """The provider says the export failed: its reason, as every other ending gives one (the
+    provider's own words and code stay in `status.error`)."""
+    said = status.error.message if status.error else status.message
+    message = f"the provider reports the export failed: {said}" if said else None
+    return {
+        "kind": PROVIDER_FAILED,
+        "message": message or "the provider reports the export failed",
+        "status_code": None,
+    }
+
+
+def deadline_error(last: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """No terminal answer before the deadline; the last poll's error, if it failed, says why
+    (its HTTP status is the record's `status_code`)."""
+    message = "no terminal answer before the deadline"
+    if last:
+        message += f"; the last poll failed: {last.get('kind')}: {last.get('message')}"
+    return {
+        "kind": DEADLINE,
+        "message": message,
+        "status_code": last.get("status_code") if last else None,
+    }
 
 
 def callback_kind(state: str) -> str | None:

@@ -108,7 +108,8 @@ def _operations(fields: dict[str, str]) -> dict[str, Any]:
     for name in ("redelivered_at", "refreshed_at"):
         if fields.get(name):
             out[name] = float(fields[name])
-    for name in ("warning", "callback_error"):  # a dead-lettered callback says why
+    # a dead-lettered callback says why; a redelivered one, where it went
+    for name in ("warning", "callback_error", "redelivered_to"):
         if fields.get(name):
             out[name] = fields[name]
     if fields.get("callback_dead_at"):
@@ -132,10 +133,12 @@ def _status(fields: dict[str, str]) -> dict[str, Any] | None:
 
 
 def _error(fields: dict[str, str]) -> dict[str, Any] | None:
+    """A finished record's error is what ended it, written when it ended: none for a completed
+    or cancelled one, whatever its polls met on the way. An active record's is its last poll's."""
     if fields.get("error"):
         error: dict[str, Any] = json.loads(fields["error"])
         return error
-    if not fields.get("error_kind"):
+    if fields.get("state") in ("completed", "cancelled") or not fields.get("error_kind"):
         return None
     status = fields.get("error_status")
     return {

@@ -88,7 +88,7 @@ class Sweeper:
             return 1
 
     def _expire(self, tid: str, now: float) -> bool:
-        error = {"kind": "deadline", "message": "no terminal answer before the deadline"}
+        error = policy.deadline_error()
         fields = {"updated_at": now, "finished_at": now, "next_poll_at": "", "error": error}
         done = self.store.finish(
             tid,

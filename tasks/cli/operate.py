@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from export_poller.cli import JSON_HELP, emit, main, resolve, user_errors
+from export_poller.cli.track import queue_warnings
 
 
 @main.command()
@@ -26,15 +27,30 @@ def cancel(tracking_id: str, as_json: bool) -> None:
 
 @main.command()
 @click.argument("tracking_id")
+@click.option(
+    "--queue",
+    help="Send it to this queue instead (your workers'), whatever its own routing said.",
+)
+@click.option(
+    "--no-queue-check",
+    is_flag=True,
+    help="Skip asking the workers (1 s) whether one consumes --queue.",
+)
 @click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 @user_errors
-def redeliver(tracking_id: str, as_json: bool) -> None:
+def redeliver(tracking_id: str, queue: str | None, no_queue_check: bool, as_json: bool) -> None:
     """Send a finished export's callback again, on purpose (counted in the record as
-    `redeliveries`; the record sent carries the count)."""
+    `redeliveries`; the record sent carries the count). A callback that went to a queue
+    where nothing runs it is re-routed with --queue."""
     from export_poller.api import redeliver_callback
 
-    record = redeliver_callback(resolve(tracking_id))
-    emit(record, as_json, lambda: _sent(record))
+    record = redeliver_callback(resolve(tracking_id), queue=queue)
+    warnings = list(record.get("warnings") or [])
+    if queue is not None and not no_queue_check:
+        warnings += queue_warnings([queue])
+    for warning in [] if as_json else warnings:
+        click.echo(f"warning: {warning}", err=True)
+    emit(record | {"warnings": warnings}, as_json, lambda: _sent(record))
 
 
 @main.command()
@@ -53,7 +69,8 @@ def refresh(tracking_id: str, callback: bool, as_json: bool) -> None:
 
 
 def _sent(record: dict[str, Any]) -> str:
+    to = f" to queue {record['redelivered_to']!r}" if record.get("redelivered_to") else ""
     return (
-        f"callback sent again for {record['tracking_id']} (state {record['state']}, "
+        f"callback sent again{to} for {record['tracking_id']} (state {record['state']}, "
         f"redelivery {record.get('redeliveries')})"
     )

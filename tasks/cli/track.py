@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from typing import Any
@@ -90,33 +91,39 @@ def _warnings(sigs: dict[str, Any], *, ask_workers: bool) -> list[str]:
 
     routed = [callback_signature(sig, name) for name, sig in sigs.items() if sig]
     warnings = callback_warnings(*routed)
-    return warnings + _consumer_warnings(routed) if ask_workers else warnings
+    queues = {(s.get("options") or {}).get("queue") for s in routed if isinstance(s, dict)}
+    named = [q for q in queues if isinstance(q, str)]
+    return warnings + queue_warnings(named) if ask_workers else warnings
 
 
-def _consumer_warnings(signatures: list[Any]) -> list[str]:
-    """Ask the workers once whether one consumes each callback queue other than ours."""
-    from export_poller.api import queue_has_consumer
+def queue_warnings(queues: list[str]) -> list[str]:
+    """Ask the workers once whether one consumes each queue other than ours; for one that none
+    does, the closest queue they do consume (a typo sends callbacks where nothing runs them)."""
+    from export_poller.api import consumed_queues
     from export_poller.config.settings import get_settings
 
-    queues = {(s.get("options") or {}).get("queue") for s in signatures if isinstance(s, dict)}
-    out = []
-    for queue in sorted(q for q in queues if isinstance(q, str) and q != get_settings().queue):
-        try:
-            found = queue_has_consumer(queue)
-        except Exception as exc:  # a check, not the command: the export is tracked
-            out.append(f"could not ask the workers about queue {queue!r}: {type(exc).__name__}")
-            continue
-        if found is None:
-            out.append(f"no worker answered on this broker: is one consuming queue {queue!r}?")
-        elif not found:
-            out.append(f"no worker on this broker consumes queue {queue!r} yet: callbacks wait")
-    return out
+    asked = sorted(set(queues) - {get_settings().queue})
+    if not asked:
+        return []
+    try:
+        consumed = consumed_queues()
+    except Exception as exc:  # a check, not the command, which is done by now
+        return [f"could not ask the workers about queue {q!r}: {type(exc).__name__}" for q in asked]
+    if consumed is None:
+        return [f"no worker answered on this broker: is one consuming queue {q!r}?" for q in asked]
+    return [_no_consumer(q, consumed) for q in asked if q not in consumed]
+
+
+def _no_consumer(queue: str, consumed: set[str]) -> str:
+    close = difflib.get_close_matches(queue, sorted(consumed), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"no worker on this broker consumes queue {queue!r} yet: callbacks wait{hint}"
 
 
 def _cli_signature(task: str | None, queue: str | None) -> Any:
     from celery import signature
 
-    if queue is not None and not _QUEUE.match(queue):
+    if queue is not None and not _QUEUE.fullmatch(queue):
         raise ConfigurationError(f"--callback-queue {queue!r} is not a queue name")
     if not task:
         return None

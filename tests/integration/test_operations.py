@@ -224,3 +224,41 @@ def test_the_demo_cannot_collide_with_a_running_fleet(fleet: Fleet) -> None:
     assert set(fleet.r.keys("*")) - {"unacked_mutex"} == before
     taken = fleet.children[0].output()  # the fleet took none of its tasks: no poll, no callback
     assert "] received" not in taken and "poll tracking_id=" not in taken, taken[-3000:]
+
+
+def test_a_callback_redelivered_to_a_new_queue_arrives_there(
+    fleet: Fleet, sim_client: SimulatorClient
+) -> None:
+    """`redeliver --queue` re-routes a callback: a worker of that queue runs it, and a typo of
+    the queue's name is told with the queue the workers do consume."""
+    from export_poller.processes import start_worker
+
+    ours = fleet.worker()
+    job = str(sim_client.create_job("cometly", running_polls=1))
+    tracked = cli(fleet.env, "track", "cometly", job, "--on-complete", "exports.record_callback")
+    assert tracked.returncode == 0, tracked.stderr
+    tid = tracked.stdout.strip()
+    fleet.wait_for_callbacks(1)
+    elsewhere = start_worker({**fleet.env, "POLLER_QUEUE": "it-elsewhere"}, fleet.workdir,
+                             name="elsewhere", concurrency=1)  # fmt: skip
+    fleet.children.append(elsewhere)
+    wait_until(lambda: "ready" in elsewhere.output(), 60, "the it-elsewhere worker to start")
+    typo = cli(fleet.env, "redeliver", tid, "--queue", "it-elsewher")
+    assert typo.returncode == 0, typo.stderr
+    assert typo.stderr == (
+        "warning: no worker on this broker consumes queue 'it-elsewher' yet: callbacks wait; "
+        "did you mean 'it-elsewhere'?\n"
+    )
+    moved = cli(fleet.env, "redeliver", tid, "--queue", "it-elsewhere", "--json")
+    assert moved.returncode == 0, moved.stderr
+    assert json.loads(moved.stdout)["redelivered_to"] == "it-elsewhere"
+    assert json.loads(moved.stdout)["warnings"] == []
+
+    def arrived() -> list[dict[str, Any]]:
+        return [c for c in fleet.callbacks() if c["record"].get("redelivered_to") == "it-elsewhere"]
+
+    wait_until(arrived, 60, "the callback redelivered to it-elsewhere")
+    [callback] = arrived()
+    assert callback["record"]["tracking_id"] == tid and callback["record"]["redeliveries"] == 2
+    assert f"exports.record_callback[{callback['task_id']}] received" in elsewhere.output()
+    assert callback["task_id"] not in ours.output()

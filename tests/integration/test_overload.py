@@ -17,13 +17,13 @@ from tests.integration.conftest import PREFIX, Fleet, wait_for
 pytestmark = pytest.mark.integration
 
 BIG, SMALL, CAP = 2000, 10, 16
-BACKOFF_MAX = 3.0  # fast_env's POLLER_BACKOFF_MAX: the small account's backoff ceiling
+BACKOFF_MAX = 3.0  # the trial profile's POLLER_BACKOFF_MAX: the small account's ceiling
 
 
 def two_accounts(fleet: Fleet, monkeypatch: pytest.MonkeyPatch, sim_url: str) -> None:
     # A message counts against the bound until a worker starts it or the rescue grace after
     # its due time has passed: tracking 2,010 exports on a busy machine (tests run side by
-    # side) can take longer than fast_env's 6 s, so the grace is the default 30 s here.
+    # side) can take longer than the trial profile's 6 s, so the grace is the default 30 s here.
     extra = {"POLLER_BACKLOG_MAX": str(CAP), "POLLER_RESCUE_GRACE": "30"}
     for name in ("big", "small"):
         prefix = f"POLLER_ACCOUNTS__{name.upper()}__"

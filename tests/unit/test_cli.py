@@ -39,10 +39,11 @@ def settings_box(monkeypatch: pytest.MonkeyPatch) -> dict[str, Settings]:
 
 
 @pytest.fixture
-def consumers(monkeypatch: pytest.MonkeyPatch) -> dict[str, bool | None]:
-    """The queues a worker consumes, as the remote-control broadcast would tell."""
-    known: dict[str, bool | None] = {"myapp": True}
-    monkeypatch.setattr(api, "queue_has_consumer", lambda queue: known.get(queue, False))
+def consumers(monkeypatch: pytest.MonkeyPatch) -> dict[str, set[str] | None]:
+    """The queues the workers consume, as the remote-control broadcast would tell (None: no
+    worker answered)."""
+    known: dict[str, set[str] | None] = {"queues": {"myapp", "export-poller"}}
+    monkeypatch.setattr(api, "consumed_queues", lambda: known["queues"])
     return known
 
 
@@ -51,7 +52,7 @@ def wired(
     monkeypatch: pytest.MonkeyPatch,
     engine: Engine,
     settings_box: dict[str, Settings],
-    consumers: dict[str, bool | None],
+    consumers: dict[str, set[str] | None],
 ) -> Engine:
     monkeypatch.setattr(api, "get_engine", lambda: engine)
     monkeypatch.setattr(runtime, "get_engine", lambda: engine)
@@ -104,18 +105,22 @@ def test_a_callback_our_workers_would_discard_is_warned_about(wired: Engine) -> 
     assert ours.exit_code == 0 and ours.stderr == ""
 
 
-def test_a_callback_queue_no_worker_consumes_is_warned_about(
-    wired: Engine, consumers: dict[str, bool | None]
+def test_a_callback_queue_no_worker_consumes_is_warned_about_with_the_closest_one(
+    wired: Engine, consumers: dict[str, set[str] | None]
 ) -> None:
     result = run(
         "track", "cometly", "30", "--on-complete", "myapp.ready", "--callback-queue", "mypp"
     )
     assert result.exit_code == 0 and result.stdout.strip() in list(wired.store.iter_ids())
-    assert (
-        result.stderr
-        == "warning: no worker on this broker consumes queue 'mypp' yet: callbacks wait\n"
+    assert result.stderr == (
+        "warning: no worker on this broker consumes queue 'mypp' yet: callbacks wait; "
+        "did you mean 'myapp'?\n"
     )
-    consumers["mypp"] = None
+    far = run("track", "cometly", "33", "--on-complete", "a.b", "--callback-queue", "zzz")
+    assert (
+        far.stderr == "warning: no worker on this broker consumes queue 'zzz' yet: callbacks wait\n"
+    )
+    consumers["queues"] = None
     silent = run(
         "track", "cometly", "31", "--on-complete", "a.b", "--callback-queue", "mypp", "--json"
     )
