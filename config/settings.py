@@ -140,7 +140,21 @@ class Settings(BaseSettings):
     breaker_ratio: Annotated[float, Field(gt=0, le=1)] = 0.5
     breaker_cooldown: PositiveSeconds = 10.0
     breaker_max_cooldown: PositiveSeconds = 300.0
-    accounts: dict[str, AccountSettings] = Field(default_factory=dict)
+    heartbeat_interval: PositiveSeconds = Field(
+        10.0,
+        description=(
+            "Seconds between a worker's heartbeats: it publishes the accounts it serves (names "
+            "and providers, never a secret) to the roster, where track_export looks an account "
+            "up. A worker that misses three heartbeats (killed, say) drops out of the roster."
+        ),
+    )
+    accounts: dict[str, AccountSettings] = Field(
+        default_factory=dict,
+        description=(
+            "Workers only: the accounts a worker polls, with their credentials. A process that "
+            "only tracks exports needs none: it asks the roster."
+        ),
+    )
 
     @field_validator("redis_url")
     @classmethod
