@@ -75,6 +75,7 @@ def fast_env(redis_url: str, sim_url: str, prefix: str = "demo") -> dict[str, st
         "POLLER_RESCUE_GRACE": "6",
         "POLLER_LEASE_SECONDS": "45",
         "POLLER_HTTP_READ_TIMEOUT": "5",
+        "POLLER_HEARTBEAT_INTERVAL": "1",
         **simulator_accounts_env(sim_url),
     }
 
