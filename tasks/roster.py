@@ -61,8 +61,8 @@ def refusal(
     if len(providers) > 1:
         split = "; ".join(f"{p} on {', '.join(ws)}" for p, ws in sorted(providers.items()))
         return errors.ConfigurationError(
-            f"the live workers disagree on account {account!r}'s provider ({split}): give it "
-            "one provider on every worker"
+            f"the live workers disagree on the provider of account {account!r} ({split}): "
+            "give it one provider on every worker"
         )
     return None
 

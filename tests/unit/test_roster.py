@@ -65,7 +65,10 @@ def test_a_wrong_provider_or_workers_that_disagree_are_configuration_errors() ->
     drift = Worker("w3@c", {"acme": "cgc"})
     split = refusal([W1, drift], "acme", "cometly")
     assert type(split) is errors.ConfigurationError
-    assert "disagree on account 'acme'" in str(split) and "cgc on w3@c" in str(split)
+    assert str(split) == (
+        "the live workers disagree on the provider of account 'acme' (cgc on w3@c; cometly on "
+        "w1@a): give it one provider on every worker"
+    )
 
 
 def test_a_long_roster_is_cut_short_in_a_refusal() -> None:
