@@ -10,17 +10,12 @@ case-insensitive and stored lower-case. Empty variables count as unset. Credenti
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable, Iterator
 from functools import lru_cache
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
-    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -28,8 +23,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from export_poller.config import brokers
-
-_RATE = re.compile(r"^\s*\d+\s*(/|per)\s*\d*\s*(second|minute|hour|day)s?\s*$", re.IGNORECASE)
+from export_poller.config.accounts import AccountSettings
 
 PositiveSeconds = Annotated[float, Field(gt=0)]
 QUEUE_PATTERN = r"^[A-Za-z0-9_.:-]+$"
@@ -47,70 +41,10 @@ PROFILES: dict[str, dict[str, float]] = {
         "rescue_grace": 6.0,
         "lease_seconds": 45.0,
         "http_read_timeout": 5.0,
+        "heartbeat_interval": 1.0,
     },
 }
 _TRIAL = ", ".join(f"POLLER_{k.upper()}={v:g}" for k, v in PROFILES["trial"].items())
-
-
-class AccountSettings(BaseModel):
-    """One set of credentials at one provider; exports are always polled with their own account."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    provider: str = Field(
-        description="The account's provider: chaossearch, saymon, biodatacatalyst, cometly or "
-        "cgc (case-insensitive)."
-    )
-    base_url: str | None = Field(
-        None,
-        description="The provider API's base URL (http or https). Cometly and the Seven Bridges "
-        "platforms have a default; ChaosSearch and SAYMON need one. Point it at the simulator "
-        "to try things out.",
-    )
-    token: SecretStr | None = Field(
-        None, description="Seven Bridges (CGC, BioData Catalyst) or Cometly API token. Secret."
-    )
-    username: str | None = Field(None, description="SAYMON basic-auth user.")
-    password: SecretStr | None = Field(None, description="SAYMON basic-auth password. Secret.")
-    access_key: SecretStr | None = Field(
-        None, description="ChaosSearch AWS access key id (SigV4). Secret."
-    )
-    secret_key: SecretStr | None = Field(
-        None, description="ChaosSearch AWS secret access key (SigV4). Secret."
-    )
-    region: str | None = Field(None, description="ChaosSearch SigV4 region, e.g. us-east-1.")
-    rate_limit: str | None = Field(
-        None,
-        description="An upper bound the whole fleet never exceeds for this account, e.g. "
-        "30/minute or '1000 per 5 minutes'. Not needed to stay inside a provider's limit: a "
-        "stated budget and 429s are followed on their own; set it to keep below a share you "
-        "agreed on.",
-    )
-
-    @field_validator("provider")
-    @classmethod
-    def _lower(cls, value: str) -> str:
-        return value.strip().lower()
-
-    @field_validator("base_url")
-    @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        parts = urlsplit(value.strip())
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"must be an http(s) URL, got {brokers.redact_url(value)!r}")
-        return value.strip().rstrip("/")
-
-    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
-        return _redacted_args(super().__repr_args__(), ("base_url",))
-
-    @field_validator("rate_limit")
-    @classmethod
-    def _rate(cls, value: str | None) -> str | None:
-        if value is not None and not _RATE.match(value):
-            raise ValueError(f"must look like '30/minute' or '1000 per 5 minutes', got {value!r}")
-        return value
 
 
 class Settings(BaseSettings):
@@ -311,10 +245,17 @@ class Settings(BaseSettings):
         300.0,
         description="Seconds: the hold doubles each time the breaker opens again, up to this.",
     )
+    heartbeat_interval: PositiveSeconds = Field(
+        10.0,
+        description="Seconds between a worker's heartbeats: it publishes the accounts it serves "
+        "(names and providers, never a secret) to the roster, where track_export looks an "
+        "account up. A worker that misses three heartbeats (killed, say) drops out of it.",
+    )
     accounts: dict[str, AccountSettings] = Field(
         default_factory=dict,
         description="Every account, one per set of credentials: POLLER_ACCOUNTS__<NAME>__<FIELD> "
-        "per field, or all as one JSON object in POLLER_ACCOUNTS. Only workers need them.",
+        "per field, or all as one JSON object in POLLER_ACCOUNTS. Workers only: a process that "
+        "only tracks exports needs none (it asks the roster).",
     )
 
     @model_validator(mode="before")
@@ -388,14 +329,6 @@ class Settings(BaseSettings):
         if self.broker_kind == "amqp":
             return self.broker_consumer_timeout
         return self.visibility_timeout
-
-
-def _redacted_args(
-    args: Iterable[tuple[str | None, Any]], urls: tuple[str, ...]
-) -> Iterator[tuple[str | None, Any]]:
-    """A repr's fields with the passwords of URL fields masked (SecretStr masks the rest)."""
-    for name, value in args:
-        yield name, brokers.redact_url(value) if name in urls and isinstance(value, str) else value
 
 
 class InvalidSettings(ValueError):

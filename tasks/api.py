@@ -7,7 +7,6 @@ This is the boundary: every argument is checked here, and a mistake raises a
 
 from __future__ import annotations
 
-import difflib
 import json
 import logging
 import math
@@ -17,7 +16,7 @@ from functools import cache
 from typing import Any
 
 from export_poller import clock
-from export_poller.config.settings import AccountSettings, get_settings
+from export_poller.config.settings import get_settings
 from export_poller.providers import errors
 from export_poller.providers.redaction import KOMBU_KEYS, Redactor, secret_forms
 from export_poller.providers.registry import get_provider_class
@@ -67,13 +66,13 @@ def track_export(
 
     Tracking the same (account, export id) again while it is active returns the same id, and
     its callback still fires once. A caller-chosen `tracking_id` lets a caller that cannot
-    read a result know the id beforehand; repeating the call with it is harmless.
+    read a result know the id beforehand; repeating the call with it is harmless. The account
+    is looked up in the live workers' roster, not in this process's settings, which need none.
     """
     if not isinstance(provider, str):
         raise errors.UnknownProvider(f"provider must be a string, got {type(provider).__name__}")
     cls = get_provider_class(provider)
     account_name = _account_name(account, cls.name)
-    cls.check_account(account_name, _check_account(account_name, cls.name))
     cls.validate_export_id(export_id)
     chosen = _tracking_id(tracking_id)
     fields: dict[str, Any] = {
@@ -84,14 +83,24 @@ def track_export(
         "on_complete": _signature(on_complete, "on_complete"),
         "on_failure": _signature(on_failure, "on_failure"),
     }
-    tid = get_engine().track(_with_warnings(fields), _timeout(timeout), chosen)
+    seconds = _timeout(timeout)
+    engine = get_engine()
+    engine.roster.check(account_name, cls.name)  # last: the one check that reads Redis
+    tid = engine.track(_with_warnings(fields), seconds, chosen)
     if chosen and tid != chosen:
-        raise errors.ConfigurationError(
-            f"export {export_id!r} of account {account_name!r} is already tracked as {tid}"
-            if tid
-            else f"tracking id {chosen!r} is already used by another export"
-        )
+        raise _taken(chosen, tid, fields)
     return tid
+
+
+def _taken(chosen: str, tid: str, fields: dict[str, Any]) -> errors.ConfigurationError:
+    """A caller-chosen id that was not given: its export is tracked under another id ("" when
+    the id is another export's)."""
+    return errors.ConfigurationError(
+        f"export {fields['export_id']!r} of account {fields['account']!r} is already tracked "
+        f"as {tid}"
+        if tid
+        else f"tracking id {chosen!r} is already used by another export"
+    )
 
 
 def _with_warnings(fields: dict[str, Any]) -> dict[str, Any]:
@@ -152,23 +161,6 @@ def _account_name(account: object, provider: str) -> str:
     if not isinstance(account, str) or not account.strip():
         raise errors.UnknownAccount("account must be a non-empty string")
     return account.strip().lower()
-
-
-def _check_account(name: str, provider: str) -> AccountSettings:
-    accounts = get_settings().accounts
-    settings = accounts.get(name)
-    if settings is None:
-        close = difflib.get_close_matches(name, list(accounts), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise errors.UnknownAccount(
-            f"unknown account {name!r}{hint}: configure it with "
-            f"POLLER_ACCOUNTS__{name.upper()}__PROVIDER={provider} and its credentials"
-        )
-    if settings.provider != provider:
-        raise errors.ConfigurationError(
-            f"account {name!r} is a {settings.provider} account, not {provider}"
-        )
-    return settings
 
 
 def _signature(value: object, name: str) -> dict[str, Any] | str:

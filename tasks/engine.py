@@ -28,8 +28,10 @@ from export_poller.providers import errors
 from export_poller.providers.base import Provider
 from export_poller.providers.models import Outcome
 from export_poller.records import compact_signature
+from export_poller.roster import Roster, where
 from export_poller.settle import SendPoll, Settler
 from export_poller.store import Claim, Store
+from export_poller.store.fleet import Fleet
 from export_poller.sweep import Sweeper, SweepReport
 from export_poller.views import Views
 
@@ -67,6 +69,7 @@ class Engine:
         self.trains = TrainRunner(settings, guard, rand)
         self.sweeper = Sweeper(settings, store, send_poll, self.outbox, self.trains, self.providers)
         self.views = Views(settings, store, guard)
+        self.roster = Roster(Fleet(store.r, store.keys), where(settings))
 
     # -- tracking ----------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from celery import Task, current_task, signature
 
+from export_poller import heartbeat  # noqa: F401 - a worker's roster entry, by Celery's signals
 from export_poller.celery import app, settings
 from export_poller.runtime import confirmed_producer, get_engine, redis_client
 

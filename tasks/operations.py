@@ -139,7 +139,7 @@ def refresh_export(tracking_id: str, *, callback: bool = False) -> dict[str, Any
 def stuck_reasons(record: Mapping[str, Any], now: float, periods: float = 3.0) -> list[str]:
     """Why an active export looks stuck, from what the store already knows: no answer for
     `periods` of its longest wait, a poll overdue past the sweep's rescue (no worker or beat?),
-    or an account that is missing, held back, or whose credentials were refused."""
+    or an account no live worker serves, held back, or whose credentials were refused."""
     settings = get_settings()
     if record.get("state") not in policy.ACTIVE_STATES:
         return []
@@ -157,8 +157,8 @@ def stuck_reasons(record: Mapping[str, Any], now: float, periods: float = 3.0) -
 
 def _account_reasons(record: Mapping[str, Any]) -> list[str]:
     account = str(record.get("account"))
-    if account not in get_settings().accounts:
-        return [f"account {account!r} is not configured here"]
+    if not runtime.get_engine().roster.serves(account):
+        return [f"no live worker serves account {account!r}"]
     error = record.get("error") or {}
     kind = error.get("kind")
     if kind == "credentials_refused":

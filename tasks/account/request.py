@@ -51,7 +51,9 @@ class ProviderPool:
         settings = self.settings.accounts.get(account)
         if settings is None:
             raise errors.UnknownAccount(f"account {account!r} is not configured")
-        return get_provider_class(settings.provider)(account, settings, self.settings)
+        cls = get_provider_class(settings.provider)
+        cls.check_account(account, settings)  # names the missing setting, never a value
+        return cls(account, settings, self.settings)
 
 
 class RequestTimes:

@@ -6,6 +6,7 @@ line on stderr and exit code 2, never a traceback. The commands live beside this
     track.py     track
     show.py      status, list, watch
     operate.py   cancel, redeliver, refresh
+    roster.py    accounts  (what the live workers serve)
     run.py       simulate, metrics, demo   (and `health`, in export_poller.health)
 """
 
@@ -80,7 +81,7 @@ def main() -> None:
 
 
 # The commands, one module per kind: each registers itself on `main`.
-from export_poller.cli import operate, run, show, track  # noqa: E402, F401
+from export_poller.cli import operate, roster, run, show, track  # noqa: E402, F401
 from export_poller.health import health  # noqa: E402
 
 main.add_command(health)

@@ -22,6 +22,12 @@ Keys (prefix `ep` by default):
     {p}:flight_n        hash    account -> its messages in {p}:flight
     {p}:waiting         set     accounts with due polls turned away by the bound, for the sweep
     {p}:metrics         hash    counters and gauges for Prometheus, kept by the same scripts
+    {p}:fleet           zset    worker -> when it last sent its heartbeat: the live workers,
+                                listed without SCAN; a member whose entry is gone is pruned
+                                when the roster is read
+    {p}:fleet:{worker}  string  a worker's roster entry, JSON: the accounts it serves (name ->
+                                provider, never a secret), its host and pid; expires after
+                                three heartbeat intervals, so a killed worker drops out
 
 Every script is given every key it touches in KEYS, named here: none builds a key name. A
 poll message names its account, so its claim is given the account's keys too. The fleet-wide
@@ -46,6 +52,7 @@ class Keys:
         self.flight = f"{prefix}:flight"
         self.flight_n = f"{prefix}:flight_n"
         self.waiting = f"{prefix}:waiting"
+        self.fleet = f"{prefix}:fleet"
         self._record = f"{prefix}:x:"
 
     def record(self, tid: str) -> str:
@@ -56,6 +63,9 @@ class Keys:
 
     def flight_of(self, account: str) -> str:
         return f"{self.prefix}:flight:{account}"
+
+    def worker(self, name: str) -> str:
+        return f"{self.fleet}:{name}"
 
     def signature(self, ref: str) -> str:
         return f"{self.prefix}:sig:{ref}"

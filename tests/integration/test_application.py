@@ -15,7 +15,7 @@ import redis
 
 from export_poller.processes import Child, spawn
 from export_poller.providers.simulator.client import SimulatorClient
-from tests.integration.conftest import Fleet, wait_for
+from tests.integration.conftest import Fleet, stand_in, wait_for
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,7 +66,12 @@ tasks.app.send_task(
     kwargs={"tracking_id": "order-0043", "metadata": {"order": 43},
             "on_failure": {"task": "myapp.export_failed", "options": {"queue": config.QUEUE}}},
 )
-print(json.dumps({"tid": tid}))
+try:  # an account the workers do not serve: refused here, at once, by name
+    track_export("cometly", "77", account="acme", on_complete=ready)
+    refused = ""
+except ValueError as exc:
+    refused = str(exc)
+print(json.dumps({"tid": tid, "refused": refused}))
 """
 
 
@@ -99,6 +104,19 @@ def start_app_worker(fleet: Fleet, env: dict[str, str], app_dir: Path) -> Child:
     return child
 
 
+FLEET_SETTINGS = ("POLLER_REDIS_URL", "POLLER_BROKER_URL", "POLLER_KEY_PREFIX", "POLLER_QUEUE")
+
+
+def application_env(fleet: Fleet) -> dict[str, str]:
+    """An application process's environment: where the fleet is, and nothing else of ours (no
+    account, no credential); its own Celery app uses the fleet's broker."""
+    env = {k: v for k, v in fleet.env.items() if not k.startswith("POLLER_")}
+    env |= {k: fleet.env[k] for k in FLEET_SETTINGS if k in fleet.env}
+    env.setdefault("POLLER_QUEUE", "export-poller")
+    broker = fleet.env.get("POLLER_BROKER_URL") or fleet.env["POLLER_REDIS_URL"]  # either broker
+    return env | {"APP_BROKER": broker, "APP_STORE": fleet.env["POLLER_REDIS_URL"]}
+
+
 def inbox(r: redis.Redis) -> list[dict[str, Any]]:
     return [json.loads(x) for x in r.lrange("myapp:inbox", 0, -1)]  # type: ignore[union-attr]
 
@@ -109,15 +127,17 @@ def test_an_application_with_its_own_tasks_and_config_gets_its_callbacks(
     app_dir: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    broker = fleet.env.get("POLLER_BROKER_URL") or fleet.env["POLLER_REDIS_URL"]  # either broker
-    env = {**fleet.env, "APP_BROKER": broker, "APP_STORE": fleet.env["POLLER_REDIS_URL"]}
+    env = application_env(fleet)
+    assert not [k for k in env if k.startswith("POLLER_ACCOUNTS")]
     monkeypatch.chdir(app_dir)  # both workers start in the application's directory
     fleet.worker()
     app_worker = start_app_worker(fleet, env, app_dir)
     ids = [str(sim_client.create_job("cometly", pending_polls=1, running_polls=1)) for _ in "abc"]
     script = run_in(app_dir, env, "track.py", ids[0], ids[1])
     assert script.returncode == 0, script.stderr
-    tid = json.loads(script.stdout)["tid"]
+    tid, refused = json.loads(script.stdout)["tid"], json.loads(script.stdout)["refused"]
+    assert refused.startswith("unknown account 'acme': no live worker serves it (the live ")
+    assert "cometly (cometly)" in refused and "POLLER_ACCOUNTS__ACME__PROVIDER=" in refused
     cli = run_in(
         app_dir, env, "-m", "export_poller.cli", "track", "cometly", ids[2],
         "--on-complete", "myapp.export_ready", "--callback-queue", "myapp",
@@ -136,6 +156,9 @@ def test_an_application_with_its_own_tasks_and_config_gets_its_callbacks(
     worker_log = fleet.children[0].output()
     assert "WARNING" in worker_log and "track refused tracking_id=order-0043" in worker_log
     assert "unregistered task" not in app_worker.output() + worker_log
+    listed = run_in(app_dir, env, "-m", "export_poller.cli", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert "acme" not in {r["account"] for r in json.loads(listed.stdout)}  # nothing pending
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -168,6 +191,7 @@ def test_a_finished_export_is_refreshed_and_its_callback_sent_again(
 
 def test_stuck_shows_an_export_no_worker_polls(fleet: Fleet, sim_client: SimulatorClient) -> None:
     job = str(sim_client.create_job("cgc", pending_polls=5))
+    stand_in(fleet.env)  # in the roster, but no worker polls: killed, say, within its expiry
     tracked = cli(fleet.env, "track", "cgc", job, "--on-failure", "a.b", "--callback-queue", "ab")
     no_worker = "warning: no worker answered on this broker: is one consuming queue 'ab'?\n"
     assert tracked.returncode == 0 and tracked.stderr == no_worker
@@ -182,3 +206,29 @@ def test_stuck_shows_an_export_no_worker_polls(fleet: Fleet, sim_client: Simulat
     (record,) = stuck()
     assert record["tracking_id"] == tid and record["stuck"][0].startswith("no answer for")
     assert record["state"] == "pending"
+
+
+def roster(env: dict[str, str]) -> dict[str, Any]:
+    listed = cli(env, "accounts", "--json")
+    assert listed.returncode == 0, listed.stderr
+    return cast(dict[str, Any], json.loads(listed.stdout))
+
+
+def test_the_roster_follows_workers_and_track_refuses_when_none_is_live(fleet: Fleet) -> None:
+    """A worker that stops drops out at once; one killed with SIGKILL, after its heartbeat
+    expires (3 x POLLER_HEARTBEAT_INTERVAL, 1 s here); then track is refused by name."""
+    env = application_env(fleet)
+    victim, leaver = fleet.worker("victim"), fleet.worker("leaver")
+    live = roster(env)
+    names = sorted(w["name"] for w in live["workers"])
+    assert [n.split("@")[0] for n in names] == ["leaver", "victim"]
+    row = next(r for r in live["accounts"] if r["account"] == "cgc")
+    assert row["provider"] == "cgc" and row["workers"] == names
+    leaver.stop()
+    assert [w["name"].split("@")[0] for w in roster(env)["workers"]] == ["victim"]
+    victim.kill()  # SIGKILL: no goodbye
+    wait_for(lambda: roster(env)["workers"] == [], 15, "the killed worker to drop out")
+    refused = cli(env, "track", "cgc", "x1")
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr.startswith("error: account 'cgc' cannot be tracked: no live worker on ")
+    assert "start a worker with POLLER_ACCOUNTS__CGC__PROVIDER=cgc" in refused.stderr

@@ -10,7 +10,7 @@ import pytest
 
 from export_poller.api import get_export, track_export
 from export_poller.providers.simulator.client import SimulatorClient
-from tests.integration.conftest import PREFIX, Fleet, callback_sigs, wait_for
+from tests.integration.conftest import PREFIX, Fleet, callback_sigs, stand_in, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -88,6 +88,7 @@ def test_a_poll_message_replayed_by_hand_is_ignored(
     from export_poller.celery import app
 
     export_id = str(sim_client.create_job(provider="saymon", pending_polls=1, running_polls=1))
+    stand_in(fleet.env)  # tracked before the worker starts
     tid = track_export("saymon", export_id, timeout=120, **callback_sigs())
     first_token = fleet.r.hget(f"{PREFIX}:x:{tid}", "token")
     worker = fleet.worker(loglevel="DEBUG")  # a dropped stale message is said at DEBUG

@@ -16,7 +16,7 @@ import requests
 
 from export_poller.processes import free_port, spawn, wait_until
 from export_poller.providers.simulator.client import SimulatorClient
-from tests.integration.conftest import Fleet
+from tests.integration.conftest import Fleet, stand_in
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,6 +45,7 @@ def test_cli_tracks_shows_lists_and_cancels(
     env: dict[str, str], sim_client: SimulatorClient
 ) -> None:
     export_id = str(sim_client.create_job("cgc", pending_polls=50))
+    stand_in(env)  # no worker runs: the export stays pending
     tracked = cli(env, "track", "cgc", export_id, "--metadata", '{"team": "genomics"}')
     assert tracked.returncode == 0, tracked.stderr
     tid = tracked.stdout.strip()
@@ -163,6 +164,7 @@ def _up(port: int) -> bool:
 def test_metrics_endpoint_serves_domain_metrics(fleet: Fleet, env: dict[str, str]) -> None:
     from export_poller.api import track_export
 
+    stand_in(env)  # no worker runs: the export stays pending
     track_export("cgc", "neverCreated0", timeout=60)
     port = free_port()
     server = spawn(

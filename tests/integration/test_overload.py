@@ -12,7 +12,7 @@ import redis
 
 from export_poller.api import track_export
 from export_poller.providers.simulator.client import SimulatorClient
-from tests.integration.conftest import PREFIX, Fleet, wait_for
+from tests.integration.conftest import PREFIX, Fleet, stand_in, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -64,6 +64,7 @@ def test_a_small_account_keeps_its_schedule_beside_a_big_backlog(
     sim_client.set_faults(1.0, ["slow"], providers=["cometly"], delay_s=0.2, seed=1)
     specs = [{"provider": "cometly", "duration_s": 3600}] * (BIG + SMALL + 1)
     jobs = [str(i) for i in sim_client.create_jobs(specs)]
+    stand_in(fleet.env)  # tracked before the workers start
     big = [track_export("cometly", j, account="big", timeout=3600) for j in jobs[:BIG]]
     small = [track_export("cometly", j, account="small", timeout=3600) for j in jobs[BIG:-1]]
     r = fleet.r

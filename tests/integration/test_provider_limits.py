@@ -11,7 +11,7 @@ import pytest
 
 from export_poller.api import get_export, track_export
 from export_poller.providers.simulator.client import SimulatorClient
-from tests.integration.conftest import Fleet, callback_sigs, wait_for
+from tests.integration.conftest import Fleet, callback_sigs, stand_in, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -27,6 +27,7 @@ def test_a_poison_id_fails_alone_and_its_neighbours_complete(
     specs = [{"provider": "cgc", "pending_polls": 1, "running_polls": 2}] * 12
     healthy = [str(i) for i in sim_client.create_jobs(specs)]
     bad = str(sim_client.create_job("cgc", poison=poison))
+    stand_in(fleet.env)  # tracked before the worker starts
     tids = {track_export("cgc", e, timeout=120, **callback_sigs()): e for e in healthy}
     bad_tid = track_export("cgc", bad, timeout=120, **callback_sigs())
     fleet.worker()  # started after tracking: the first train asks for all 13 in one request
@@ -62,6 +63,7 @@ def test_no_request_reaches_an_account_before_its_429s_stated_time(
     # SAYMON here states no budget: the 429 and its Retry-After are all the poller learns.
     sim_client.set_limit("saymon", "4/3")
     specs = [{"provider": "saymon", "pending_polls": 1, "running_polls": 4}] * 10
+    stand_in(fleet.env)  # tracked before the worker starts
     for export_id in sim_client.create_jobs(specs):
         track_export("saymon", str(export_id), timeout=180, **callback_sigs())
     # One thread asking one request at a time: no request is in flight when a 429 arrives
@@ -80,6 +82,7 @@ def test_a_stated_budget_is_used_without_429s_and_without_a_rate_limit_setting(
 ) -> None:
     sim_client.set_limit("biodatacatalyst", "30/10")
     specs = [{"provider": "biodatacatalyst", "pending_polls": 1, "running_polls": 100_000}] * 60
+    stand_in(fleet.env)  # tracked before the worker starts
     for export_id in sim_client.create_jobs(specs):
         track_export("biodatacatalyst", str(export_id), timeout=600)
     fleet.worker(concurrency=4)

@@ -12,10 +12,12 @@ import pytest
 from export_poller import clock
 from export_poller.config.settings import AccountSettings, Settings
 from export_poller.engine import Engine
+from export_poller.heartbeat import served_accounts
 from export_poller.providers import errors
 from export_poller.providers.answer import Answer, Budget
 from export_poller.providers.models import ExportStatus
 from export_poller.store import Store
+from export_poller.store.fleet import Fleet, Worker
 
 
 class Clock:
@@ -161,3 +163,10 @@ def engine(
         providers=FakePool(provider),  # type: ignore[arg-type]
         rand=lambda: 1.0,
     )
+
+
+def serve(engine: Engine, settings: Settings, name: str = "worker@test") -> None:
+    """Put a worker serving `settings`' accounts in the roster, as its heartbeat would: the
+    roster, not the caller's settings, is what `track_export` asks."""
+    worker = Worker(name, served_accounts(settings), "test-host", 1, clock.now())
+    Fleet(engine.store.r, engine.store.keys).heartbeat(worker, ttl=60)

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from celery import signature
 
-from export_poller import api
+from export_poller import api, heartbeat
+from export_poller.celery import app
 from export_poller.config.settings import AccountSettings, Settings
 from export_poller.engine import Engine
+from export_poller.heartbeat import check_accounts
 from export_poller.providers import errors
-from tests.unit.conftest import Broker
+from export_poller.store.fleet import Fleet
+from tests.unit.conftest import Broker, serve
 
 
 @pytest.fixture
@@ -25,6 +29,7 @@ def wired(monkeypatch: pytest.MonkeyPatch, engine: Engine, broker: Broker) -> Br
     )
     monkeypatch.setattr(api, "get_settings", lambda: settings)
     monkeypatch.setattr(api, "get_engine", lambda: engine)
+    serve(engine, settings)
     return broker
 
 
@@ -123,13 +128,58 @@ def test_unknown_tracking_ids_are_none_not_errors(wired: Broker) -> None:
         (AccountSettings(provider="cgc"), "POLLER_ACCOUNTS__SPACE__TOKEN"),
     ],
 )
-def test_an_account_missing_a_required_setting_is_refused_by_name(
-    monkeypatch: pytest.MonkeyPatch, engine: Engine, account: AccountSettings, setting: str
+def test_a_worker_with_an_account_missing_a_required_setting_is_refused_by_name(
+    monkeypatch: pytest.MonkeyPatch, account: AccountSettings, setting: str
 ) -> None:
+    """Credentials live on the workers, so they are checked there, before any work."""
     settings = Settings(_env_file=None, accounts={"space": account})  # type: ignore[call-arg]
-    monkeypatch.setattr(api, "get_settings", lambda: settings)
-    monkeypatch.setattr(api, "get_engine", lambda: engine)
-    export_id = "123" if account.provider == "cometly" else "x1"
+    monkeypatch.setattr(heartbeat, "get_settings", lambda: settings)
     with pytest.raises(errors.ConfigurationError, match=setting):
-        api.track_export(account.provider, export_id, account="space")
-    assert list(engine.store.iter_ids()) == []
+        check_accounts(settings)
+    with pytest.raises(SystemExit, match=setting):
+        heartbeat._on_init(sender=SimpleNamespace(app=app))
+
+
+def test_a_process_with_no_account_settings_tracks_what_a_live_worker_serves(
+    monkeypatch: pytest.MonkeyPatch, engine: Engine, broker: Broker
+) -> None:
+    bare = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert bare.accounts == {}
+    monkeypatch.setattr(api, "get_settings", lambda: bare)
+    monkeypatch.setattr(api, "get_engine", lambda: engine)
+    worker = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        accounts={"space": AccountSettings(provider="cgc", token="worker-only-secret")},
+    )
+    serve(engine, worker)
+    tid = api.track_export("cgc", "x1", account="space")
+    assert (api.get_export(tid) or {})["account"] == "space"
+    assert api.cancel_export(tid) is True
+    assert "worker-only-secret" not in repr(engine.store.r.keys("*"))
+
+
+def test_an_account_no_live_worker_serves_is_refused_by_name_with_what_they_serve(
+    wired: Broker, engine: Engine
+) -> None:
+    with pytest.raises(errors.UnknownAccount) as caught:
+        api.track_export("cometly", "1", account="cometlyy")
+    assert str(caught.value) == (
+        "unknown account 'cometlyy'; did you mean 'cometly'? no live worker serves it (the "
+        "live workers serve acme-cgc (cgc), cometly (cometly)); configure it on the workers "
+        "with POLLER_ACCOUNTS__COMETLYY__PROVIDER=cometly and its credentials"
+    )
+    assert wired.polls == [] and list(engine.store.iter_ids()) == []
+
+
+def test_with_no_live_worker_every_account_is_refused_at_once(
+    wired: Broker, engine: Engine
+) -> None:
+    Fleet(engine.store.r, engine.store.keys).leave("worker@test")  # it stopped cleanly
+    with pytest.raises(errors.UnknownAccount) as caught:
+        api.track_export("cometly", "1")
+    assert str(caught.value) == (
+        "account 'cometly' cannot be tracked: no live worker on redis://127.0.0.1:6379/0 with "
+        "key prefix 'ep'; start a worker with POLLER_ACCOUNTS__COMETLY__PROVIDER=cometly and "
+        "its credentials"
+    )
+    assert wired.polls == [] and list(engine.store.iter_ids()) == []

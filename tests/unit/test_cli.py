@@ -14,7 +14,8 @@ from export_poller import api, cli, jobs, operations, runtime
 from export_poller.config.settings import AccountSettings, Settings
 from export_poller.engine import Engine
 from export_poller.providers.models import ExportStatus
-from tests.unit.conftest import Broker, Clock, ScriptedProvider
+from export_poller.store.fleet import Fleet
+from tests.unit.conftest import Broker, Clock, ScriptedProvider, serve
 
 SECRET = "t0k3n-very-secret"
 
@@ -56,6 +57,7 @@ def wired(
 ) -> Engine:
     monkeypatch.setattr(api, "get_engine", lambda: engine)
     monkeypatch.setattr(runtime, "get_engine", lambda: engine)
+    serve(engine, settings_box["settings"])
     return engine
 
 
@@ -196,15 +198,19 @@ def test_stuck_lists_silent_exports_and_missing_accounts_with_reasons(
     fake_clock.t = time.time()
     run("track", "cometly", "16")
     run("track", "cgc", "x1")
-    settings_box["settings"] = Settings(
+    # The worker serving cgc stops; one serving only cometly is left.
+    Fleet(wired.store.r, wired.store.keys).leave("worker@test")
+    only_cometly = Settings(
         _env_file=None,  # type: ignore[call-arg]
         accounts={"cometly": AccountSettings(provider="cometly", token=SECRET)},
     )
+    serve(wired, only_cometly, "cometly-only@test")
+    wired.roster.max_age = 0.0  # the CLI runs a fresh process: no roster read is cached
     stuck = json.loads(run("list", "--stuck", "--json").stdout)
     reasons = {r["account"]: r["stuck"] for r in stuck}
     assert [r["tracking_id"] for r in stuck if r["account"] == "cometly"] == [silent]
     assert any("no answer for" in why for why in reasons["cometly"])
-    assert reasons["cgc"] == ["account 'cgc' is not configured here"]
+    assert reasons["cgc"] == ["no live worker serves account 'cgc'"]
     text = run("list", "--stuck").stdout
     assert silent[:12] in text and "no answer for" in text
 

@@ -70,9 +70,11 @@ def test_hostile_input_is_refused_with_a_configuration_error(
     name: str,
 ) -> None:
     call, words = REFUSED[name]
+    roster = sorted(redis_client.keys("*"))  # the live worker's heartbeat: all Redis holds
     with pytest.raises(errors.ConfigurationError, match=words):
         call()
-    assert wired.messages == [] and redis_client.keys("*") == []
+    assert wired.messages == [] and sorted(redis_client.keys("*")) == roster
+    assert all(b":fleet" in key for key in roster)
 
 
 def test_metadata_32_deep_and_a_routed_callback_are_accepted(wired: Broker) -> None:  # noqa: F811
