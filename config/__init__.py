@@ -1,7 +1,7 @@
 """Settings for export-poller: one object, environment first, then an optional `.env` file."""
 
+from export_poller.config.accounts import AccountSettings
 from export_poller.config.settings import (
-    AccountSettings,
     InvalidSettings,
     Settings,
     get_settings,

@@ -25,6 +25,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 from export_poller.config import brokers
 from export_poller.config.accounts import AccountSettings
 
+__all__ = ["AccountSettings", "InvalidSettings", "Settings", "get_settings", "reset_settings"]
+
 PositiveSeconds = Annotated[float, Field(gt=0)]
 QUEUE_PATTERN = r"^[A-Za-z0-9_.:-]+$"
 QueueName = Annotated[str, Field(min_length=1, max_length=200, pattern=QUEUE_PATTERN)]

@@ -23,8 +23,9 @@ import requests
 from pydantic import BaseModel, ValidationError
 from requests.auth import AuthBase
 
+from export_poller.config.accounts import AccountSettings
 from export_poller.config.brokers import redact_url
-from export_poller.config.settings import AccountSettings, Settings
+from export_poller.config.settings import Settings
 from export_poller.providers import errors, transport
 from export_poller.providers.answer import Answer, read_budget, retry_after_seconds
 from export_poller.providers.models import ExportStatus, Outcome

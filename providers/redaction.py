@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import quote, quote_plus, unquote, urlsplit
 
-from export_poller.config.settings import AccountSettings
+from export_poller.config.accounts import AccountSettings
 
 MASK = "***"
 ESCAPED = "__kombu_escaped__"
