@@ -20,6 +20,7 @@ from export_poller.config.settings import get_settings
 from export_poller.providers import errors
 from export_poller.providers.redaction import KOMBU_KEYS, Redactor, secret_forms
 from export_poller.providers.registry import get_provider_class
+from export_poller.roster import served
 from export_poller.runtime import get_engine
 
 log = logging.getLogger("export_poller.api")
@@ -133,6 +134,13 @@ def get_export(tracking_id: str) -> dict[str, Any] | None:
 def cancel_export(tracking_id: str) -> bool:
     """Stop tracking; no callback fires. False if it is unknown or already finished."""
     return get_engine().cancel(tracking_id) if _plausible_id(tracking_id) else False
+
+
+def served_accounts() -> dict[str, str]:
+    """The accounts the live workers serve, name -> provider, read now: what `track_export`
+    accepts. An application can wait on it at start-up instead of racing its workers."""
+    table = served(get_engine().roster.workers(fresh=True))
+    return {name: ", ".join(sorted(providers)) for name, providers in sorted(table.items())}
 
 
 def _plausible_id(tracking_id: object) -> bool:

@@ -183,3 +183,9 @@ def test_with_no_live_worker_every_account_is_refused_at_once(
         "its credentials"
     )
     assert wired.polls == [] and list(engine.store.iter_ids()) == []
+
+
+def test_served_accounts_is_what_the_live_workers_serve_now(wired: Broker, engine: Engine) -> None:
+    assert api.served_accounts() == {"acme-cgc": "cgc", "cometly": "cometly"}
+    Fleet(engine.store.r, engine.store.keys).leave("worker@test")
+    assert api.served_accounts() == {}  # read now, not from the cache track_export keeps
