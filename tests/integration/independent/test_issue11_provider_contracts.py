@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -26,7 +27,9 @@ from typing import Any
 
 import pytest
 
+from tests.integration.conftest import stand_in
 from tests.integration.independent.harness_issue11 import (
+    CELERY,
     Answer,
     FakeProvider,
     Fleet,
@@ -115,6 +118,7 @@ def test_cgc_poison_id_fails_alone_and_its_neighbours_complete(
     items += [{"provider": "cgc", "export_id": e, "timeout": 120} for e in healthy[6:]]
     # Tracked before any worker runs, so all thirteen are due together and ride one request.
     poison_deadline = time.time() + poison_timeout
+    stand_in(fleet.env())  # the roster entry of the worker started below
     tids = fleet.track_ok(items)
     fleet.start_workers(1, concurrency=4)
     fleet.start_beat()
@@ -327,6 +331,7 @@ def test_stated_budget_is_learned_without_rate_limit_setting(
     fleet.configure(
         {"sb": {"PROVIDER": "biodatacatalyst", "TOKEN": token, "BASE_URL": fp.base_url}}, FAST
     )
+    stand_in(fleet.env())  # the roster entry of the workers started below
     fleet.track_ok([{"provider": "biodatacatalyst", "account": "sb", "export_id": e} for e in ids])
     fleet.start_workers(2, concurrency=4)
     fleet.start_beat()
@@ -391,21 +396,30 @@ MISSING = {
 
 @pytest.mark.integration
 @pytest.mark.parametrize("case", sorted(MISSING))
-def test_track_export_refuses_an_account_missing_a_required_setting(
+def test_an_account_missing_a_required_setting_is_refused_by_name(
     fleet: Fleet, fake_provider: Callable[[set[str]], FakeProvider], case: str
 ) -> None:
+    """Workers alone hold credentials (the tracking process has none), so the missing
+    setting is named where it is missing: a worker configured with the broken account refuses
+    to start, naming it; and with only the good account served, tracking the broken one is
+    refused at once by name, while its neighbour is tracked."""
     values, provider, export_id, setting = MISSING[case]
     fp = fake_provider({"tok-good"})
     broken = dict(values)
     if provider == "cometly":
         broken["BASE_URL"] = fp.base_url
-    fleet.configure(
-        {
-            "broken": broken,
-            "good": {"PROVIDER": "cometly", "TOKEN": "tok-good", "BASE_URL": fp.base_url},
-        },
-        FAST,
+    good = {"PROVIDER": "cometly", "TOKEN": "tok-good", "BASE_URL": fp.base_url}
+    fleet.configure({"broken": broken, "good": good}, FAST)
+    argv = [CELERY, "-A", "export_poller", "worker", "--pool", "threads", "-n", "broken@%h"]
+    started = subprocess.run(
+        argv, env=fleet.env(), capture_output=True, text=True, timeout=60, check=False
     )
+    said = started.stdout + started.stderr
+    assert started.returncode != 0, f"a worker started with an account without {setting}"
+    assert setting.upper() in said.upper(), f"the worker's refusal does not name {setting}: {said}"
+
+    fleet.configure({"good": good}, FAST)
+    fleet.start_workers(1, concurrency=2)
     out = fleet.track(
         [
             {"provider": provider, "account": "broken", "export_id": export_id},
@@ -413,13 +427,11 @@ def test_track_export_refuses_an_account_missing_a_required_setting(
         ]
     )
     assert out["import_error"] is None, f"importing export_poller failed: {out['import_error']}"
-    refused, good = out["results"]
-    assert not refused["ok"], f"track_export accepted an account without {setting}: {refused}"
+    refused, tracked = out["results"]
+    assert not refused["ok"], f"track_export accepted an account no worker serves: {refused}"
     assert "ValueError" in refused["mro"], f"not a ValueError subclass: {refused}"
-    assert setting.upper() in refused["message"].upper(), (
-        f"the refusal does not name {setting}: {refused['type']}: {refused['message']}"
-    )
-    assert good["ok"], f"a well-configured account beside it could not be tracked: {good}"
+    assert "'broken'" in refused["message"], f"the refusal does not name it: {refused}"
+    assert tracked["ok"], f"a well-configured account beside it could not be tracked: {tracked}"
 
     listing = fleet.cli("list", "--json")
     assert listing.returncode == 0, listing.stderr

@@ -355,6 +355,8 @@ class Fleet:
     def worker(self, name: str, concurrency: int) -> None:
         args = ["worker", "--pool", "threads", "--concurrency", str(concurrency)]
         self._start(name, [*args, "--loglevel", "INFO", "-n", f"{name}@%h"])
+        # A ready worker has published the accounts it serves; tracking before that is refused.
+        wait_for(lambda: " ready." in self.tail(name), 90, f"{name} ready", 0.2, self.check_alive)
 
     def beat(self) -> None:
         schedule = str(self.workdir / "beat-schedule")

@@ -247,6 +247,21 @@ class Harness:
             ],
             env=self.env,
         )
+        # Workers publish the accounts they serve once ready; tracking before is refused.
+        _wait_for(self._served, 90, "the worker to serve big and small", step=0.5)
+
+    def _served(self) -> bool:
+        listed = subprocess.run(
+            [str(BIN / "export-poller"), "accounts", "--json"],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        return listed.returncode == 0 and {"big", "small"} <= set(
+            re.findall(r'"(big|small)"', listed.stdout)
+        )
 
     def track(self, account: str, first: int, count: int) -> subprocess.Popen:
         """Track exports in a separate process via the README API; prints time.time() at the end."""

@@ -47,6 +47,7 @@ from typing import Any
 
 import pytest
 
+from tests.integration.conftest import stand_in
 from tests.integration.independent.harness_issue21 import (
     COMETLY_PATH,
     FAST,
@@ -336,6 +337,7 @@ def test_cgc_gone_id_fails_after_exactly_three_not_found_answers_despite_failure
     with running_stack(tmp_path, {"cgc": account}, settings) as stack:
         ids = [*NEIGHBOURS[:2], GONE, *NEIGHBOURS[2:]]
         # Tracked before the worker starts, so all six are due together and share requests.
+        stand_in(stack.env())  # the roster entry of the worker started below
         tracked = stack.track([{"provider": "cgc", "export_id": e, "timeout": 180} for e in ids])
         tids = dict(zip(ids, (tid for tid, _ in tracked), strict=True))
         stack.start_worker(concurrency=4)

@@ -171,7 +171,10 @@ def _jobs() -> dict[str, Job]:
             for i in range(1, 4)
         },
         "chaos-fail": Job("chaos", {"outcome": "failed", "running_polls": 1}, "failed"),
-        "ghost": Job("ghost", {"running_polls": 1}, "timed_out", timeout=4),
+        # An export past its deadline. (It was an account configured only on the client's
+        # side, timing out unpolled; since the workers publish the accounts they serve, such an
+        # account is refused at track time, which track_all checks.)
+        "cometly-deadline": Job("cometly", {"running_polls": 100000}, "timed_out", timeout=4),
     }
 
 
@@ -464,6 +467,9 @@ def track_all(fleet: Fleet, jobs: dict[str, Job], ids: dict[str, str]) -> dict[s
     assert not bad, f"track_export refused: {bad}"
     tids = {n: t["tid"] for n, t in zip(api, tracked, strict=True)}
     assert again == {"tid": tids["cometly-ok"]}, again
+    ghost = Job(GHOST[0], {}, "refused")
+    [refusal] = fleet.client({"track": [_track_item(ghost, "4242")]})["track"]
+    assert "tid" not in refusal and "ghost" in str(refusal), f"a client-only account: {refusal}"
     for name, job in jobs.items():
         if job.how == "cli":
             tids[name] = _track_cli(fleet, job, ids[name])
