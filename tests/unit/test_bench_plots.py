@@ -11,7 +11,7 @@ import pytest
 # these figures need.
 pytest.importorskip("matplotlib")
 
-from bench import plots  # noqa: E402
+from bench import plots
 
 
 def side(polls_per_s: float, cpu: float) -> dict[str, float]:
