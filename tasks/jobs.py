@@ -11,7 +11,9 @@ from celery import Task, current_task, signature
 
 from export_poller import heartbeat  # noqa: F401 - a worker's roster entry, by Celery's signals
 from export_poller.celery import app, settings
-from export_poller.runtime import confirmed_producer, get_engine, redis_client
+
+# The engine (providers, guard, scripts) is imported by the tasks that use it, not here: beat
+# loads this module for the app's tasks and never runs one, and a beat starts in half the CPU.
 
 _REFUSAL_IDS = uuid.UUID("5d1f0c2a-8e47-4b39-a6f2-0c9e7b3d41a8")
 log = logging.getLogger("export_poller.tasks")
@@ -36,12 +38,16 @@ def poll(
     """Poll one export, or a train of one account's exports (`more` holds [tid, token] pairs);
     a stale or duplicate message is recognised by its tokens and ignored. `account` is None
     only in a message sent before messages named their account (it costs a read more)."""
+    from export_poller.runtime import get_engine
+
     pairs = [(str(t), str(k)) for t, k in more or ()]
     get_engine().poll(tracking_id, token, pairs, None if account is None else str(account))
 
 
 @app.task(name="exports.sweep", ignore_result=True, acks_late=True)
 def sweep() -> None:
+    from export_poller.runtime import get_engine
+
     report = get_engine().sweep()
     if report.enqueued or report.expired or report.callbacks:
         log.info(
@@ -98,6 +104,7 @@ def _refuse(exc: Exception, call: dict[str, Any], on_failure: object) -> None:
     from export_poller.api import callback_signature, callback_warnings, refusal_record
     from export_poller.providers.errors import ConfigurationError
     from export_poller.records import full_signature
+    from export_poller.runtime import confirmed_producer
 
     record = refusal_record(exc, call)
     error = record["error"]
@@ -136,6 +143,8 @@ def record_callback(self: Task[Any, Any], record: dict[str, Any], label: str = "
     redelivering one dispatch (Celery runs late-acked tasks at least once), a different id
     would be a second dispatch.
     """
+    from export_poller.runtime import redis_client
+
     entry = json.dumps(
         {"label": label, "record": record, "task_id": self.request.id}, sort_keys=True
     )

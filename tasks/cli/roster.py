@@ -16,7 +16,7 @@ def accounts(as_json: bool) -> None:
     """List the accounts the live workers serve: provider, workers, last heartbeat.
 
     This is what `track` checks an account against; this process's own account settings,
-    if any, play no part."""
+    if any, play no part. Exit 1 when no worker is live, so a script can wait for its fleet."""
     from export_poller import clock, roster
     from export_poller.runtime import get_engine
 
@@ -31,6 +31,8 @@ def accounts(as_json: bool) -> None:
         ],
     }
     emit(data, as_json, lambda: _text(data, engine.roster.where, clock.now()))
+    if not workers:
+        raise SystemExit(1)
 
 
 def _text(data: dict[str, Any], where: str, now: float) -> str:

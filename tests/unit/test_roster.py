@@ -195,7 +195,7 @@ def test_the_accounts_command_lists_the_roster(
     monkeypatch.setattr(runtime, "get_engine", lambda: engine)
     runner = CliRunner()
     empty = runner.invoke(cli.main, ["accounts"])
-    assert empty.exit_code == 0 and empty.stdout.startswith("no live worker on redis://")
+    assert empty.exit_code == 1 and empty.stdout.startswith("no live worker on redis://")
     fleet = Fleet(engine.store.r, engine.store.keys)
     fleet.heartbeat(Worker("w1@a", W1.accounts, "a", 11, fake_clock.t - 4), ttl=30)
     fleet.heartbeat(Worker("w2@b", W2.accounts, "b", 12, fake_clock.t - 2), ttl=30)
