@@ -9,6 +9,12 @@ without a description fails the strict build.
 A figure `![alt](img/NAME.svg "COMMAND")` whose file a bench script has not drawn yet (the heavy
 benches run by hand on a quiet machine) is shown as a note giving COMMAND, so the page still
 builds and says how to draw it.
+
+The tutorial lists the trial profile's values as text, so it reads the same as a file in the
+repository; a code span opening `POLLER_BACKOFF_INITIAL=` must list exactly the profile in
+`config/settings.py`, or the build fails. And the two references, generated at build time,
+are empty markers in the files: `python docs/hooks.py settings` (or `cli`) prints them as the
+site shows them, for a reader of the files without the built site.
 """
 
 from __future__ import annotations
@@ -31,12 +37,14 @@ _VARIABLE = re.compile(r"POLLER_[A-Z_<>]+[A-Z>]")
 _BOUNDS = (("gt", ">"), ("ge", "≥"), ("lt", "<"), ("le", "≤"))
 
 
+_TRIAL_LIST = re.compile(r"`(POLLER_BACKOFF_INITIAL=[^`]*)`")
 _FIGURE = re.compile(r'!\[(?P<alt>[^\]]*)\]\((?P<src>img/[^ )]+) "(?P<command>[^"]+)"\)')
 
 
 def on_page_markdown(markdown: str, page: Any, config: Any, **_: Any) -> str:
     folder = (Path(config["docs_dir"]) / page.file.src_path).parent
     markdown = _FIGURE.sub(lambda m: _figure(m, folder), markdown)
+    _check_trial_lists(markdown, page.file.src_path)
     if SETTINGS_MARKER in markdown:
         markdown = markdown.replace(SETTINGS_MARKER, settings_reference())
     if CLI_MARKER in markdown:
@@ -51,6 +59,19 @@ def _figure(match: re.Match[str], folder: Path) -> str:
         f'!!! info "Figure not drawn yet: {match["alt"]}"\n'
         f"    Draw it with `.venv/bin/python {match['command']}`.\n"
     )
+
+
+def trial_profile() -> str:
+    """The trial profile's values as the pages write them."""
+    from export_poller.config.settings import PROFILES
+
+    return ", ".join(f"POLLER_{k.upper()}={v:g}" for k, v in PROFILES["trial"].items())
+
+
+def _check_trial_lists(markdown: str, where: str) -> None:
+    for listed in _TRIAL_LIST.findall(markdown):
+        if listed != trial_profile():
+            raise ValueError(f"{where}: the trial profile is `{trial_profile()}`, not `{listed}`")
 
 
 def settings_reference() -> str:
@@ -141,3 +162,12 @@ def cli_reference() -> str:
                 parts += [f"### `export-poller {name}`", "", "```text", command.get_help(ctx)]
                 parts += ["```", ""]
     return "\n".join(parts)
+
+
+if __name__ == "__main__":
+    import sys
+
+    which = {"settings": settings_reference, "cli": cli_reference}
+    if len(sys.argv) != 2 or sys.argv[1] not in which:
+        sys.exit("usage: python docs/hooks.py settings|cli")
+    print(which[sys.argv[1]]())
