@@ -180,9 +180,11 @@ def run(count: int, faults: bool, seed: int, broker: str) -> dict[str, Any]:
             amqp = os.environ.get("SOAK_AMQP_URL", DEFAULT_AMQP_URL)
             env["POLLER_BROKER_URL"] = stack.enter_context(rabbitmq_vhost(amqp))
         os.environ.update(env)
+        from export_poller.processes import stand_in
         from export_poller.runtime import reconfigure
 
         reconfigure()
+        stand_in(env)  # tracking may start before the first worker is ready
         fleet = Fleet(workdir, {**os.environ})
         stack.callback(fleet.stop)
         for _ in range(4):

@@ -85,10 +85,15 @@ def _up(url: str) -> bool:
 
 
 def use_env(env: dict[str, str]) -> None:
+    """This process tracks with `env`'s settings. Benches may track before their workers are
+    ready (to load the store first), so the accounts are put on the roster the way those
+    workers will put them: track_export refuses an account no live worker serves."""
     os.environ.update({k: v for k, v in env.items() if k.startswith("POLLER_")})
+    from export_poller.processes import stand_in
     from export_poller.runtime import reconfigure
 
     reconfigure()
+    stand_in(env)
 
 
 def sim_of(env: dict[str, str]) -> SimulatorClient:

@@ -131,6 +131,9 @@ def environment(redis_url: str, base_url: str) -> dict[str, str]:
 def track(env: dict[str, str], per_kind: int) -> None:
     os.environ.update(env)
     from export_poller import track_export
+    from export_poller.processes import stand_in
+
+    stand_in(env)  # tracked before the worker is ready: its accounts, as it will publish them
 
     for k in range(len(KINDS)):  # Cometly ids are numbers: the thousands say the kind
         for i in range(per_kind):

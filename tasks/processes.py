@@ -141,6 +141,25 @@ def celery_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "export_poller", *args]
 
 
+def stand_in(env: Mapping[str, str], ttl: float = 300) -> None:
+    """A roster entry for the accounts `env` configures, as the worker started later will
+    publish: for a bench or test that tracks before any worker runs (so that a first train
+    takes every export). `track_export` refuses an account no live worker serves."""
+    from export_poller.store.fleet import Fleet, Worker
+    from export_poller.store.keys import Keys
+
+    head, tail = "POLLER_ACCOUNTS__", "__PROVIDER"
+    accounts = {
+        key[len(head) : -len(tail)].lower(): value.strip().lower()
+        for key, value in env.items()
+        if key.startswith(head) and key.endswith(tail)
+    }
+    client = redis.Redis.from_url(env["POLLER_REDIS_URL"])
+    worker = Worker("stand-in@" + socket.gethostname(), accounts, "bench", os.getpid(), time.time())
+    Fleet(client, Keys(env.get("POLLER_KEY_PREFIX", "ep"))).heartbeat(worker, ttl)
+    client.close()
+
+
 def start_worker(
     env: Mapping[str, str],
     workdir: Path,

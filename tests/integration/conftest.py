@@ -32,9 +32,6 @@ from export_poller.processes import (
 )
 from export_poller.providers.simulator.client import SimulatorClient
 from export_poller.providers.simulator.server import start_in_thread
-from export_poller.store.fleet import Fleet as Roster
-from export_poller.store.fleet import Worker
-from export_poller.store.keys import Keys
 
 PREFIX = "it"
 BROKER = os.environ.get("POLLER_TEST_BROKER", "redis").strip().lower()
@@ -170,22 +167,6 @@ def override(fleet: Fleet, monkeypatch: pytest.MonkeyPatch, settings: dict[str, 
     for key, value in settings.items():
         monkeypatch.setenv(key, value)
     reconfigure()
-
-
-def stand_in(env: dict[str, str], ttl: float = 300) -> None:
-    """A roster entry for the accounts `env` configures, as the worker a test starts later will
-    publish: for a test that tracks before any worker runs (so that a first train takes every
-    export, or an export no worker polls shows as stuck). track_export refuses an account no
-    live worker serves."""
-    head, tail = "POLLER_ACCOUNTS__", "__PROVIDER"
-    accounts = {
-        key[len(head) : -len(tail)].lower(): value.strip().lower()
-        for key, value in env.items()
-        if key.startswith(head) and key.endswith(tail)
-    }
-    client = redis.Redis.from_url(env["POLLER_REDIS_URL"])
-    worker = Worker("stand-in@tests", accounts, "tests", os.getpid(), time.time())
-    Roster(client, Keys(env.get("POLLER_KEY_PREFIX", "ep"))).heartbeat(worker, ttl)
 
 
 def redis_dump(r: redis.Redis) -> str:

@@ -13,9 +13,9 @@ from typing import Any, cast
 import pytest
 import redis
 
-from export_poller.processes import Child, spawn
+from export_poller.processes import Child, spawn, stand_in
 from export_poller.providers.simulator.client import SimulatorClient
-from tests.integration.conftest import Fleet, stand_in, wait_for
+from tests.integration.conftest import Fleet, wait_for
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import stand_in
+from export_poller.processes import stand_in
 from tests.integration.hostile_harness import (
     CALLBACK_KEY,
     Fleet,

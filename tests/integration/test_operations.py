@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import requests
 
-from export_poller.processes import free_port, spawn, wait_until
+from export_poller.processes import free_port, spawn, stand_in, wait_until
 from export_poller.providers.simulator.client import SimulatorClient
-from tests.integration.conftest import Fleet, stand_in
+from tests.integration.conftest import Fleet
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

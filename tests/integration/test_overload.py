@@ -11,8 +11,9 @@ import pytest
 import redis
 
 from export_poller.api import track_export
+from export_poller.processes import stand_in
 from export_poller.providers.simulator.client import SimulatorClient
-from tests.integration.conftest import PREFIX, Fleet, stand_in, wait_for
+from tests.integration.conftest import PREFIX, Fleet, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from export_poller.api import get_export, track_export
+from export_poller.processes import stand_in
 from export_poller.providers.simulator.client import SimulatorClient
-from tests.integration.conftest import Fleet, callback_sigs, stand_in, wait_for
+from tests.integration.conftest import Fleet, callback_sigs, wait_for
 
 pytestmark = pytest.mark.integration
 

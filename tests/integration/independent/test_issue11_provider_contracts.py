@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import stand_in
+from export_poller.processes import stand_in
 from tests.integration.independent.harness_issue11 import (
     CELERY,
     Answer,
