@@ -258,8 +258,14 @@ class Engine:
         Returns the new states and what the provider answered."""
         if not claims:
             return {}, {}
-        outcomes = self.trains.run(provider, account, claims)
-        states = self.settler.settle([c for c in claims if c.tracking_id in outcomes], outcomes)
+        states: dict[str, str] = {}
+
+        def settle(outcomes: dict[str, Outcome]) -> None:
+            ready = [c for c in claims if c.tracking_id in outcomes and c.tracking_id not in states]
+            states.update(self.settler.settle(ready, outcomes) if ready else {})
+
+        outcomes = self.trains.run(provider, account, claims, settle)
+        settle(outcomes)
         unasked = [c for c in claims if c.tracking_id not in outcomes]
         if unasked:  # out of time: fan the rest out, in trains sized by what was measured
             self.store.release(unasked, rescue_at=clock.now() + self.settings.rescue_grace)

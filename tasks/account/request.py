@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from functools import partial
 from typing import Any
 
@@ -72,8 +72,8 @@ class RequestTimes:
 
 
 class RequestPool:
-    """Sends a wave's requests together: the first from the train's own thread, the others
-    from the process's request threads. Each request's 429 holds the account fleet-wide from
+    """Sends a wave's requests together (a lone one from the train's own thread, a wider wave
+    from the process's request threads). Each request's 429 holds the account fleet-wide from
     the thread that read it."""
 
     def __init__(self, guard: AccountGuard | None) -> None:
@@ -83,15 +83,30 @@ class RequestPool:
         self._pool: ThreadPoolExecutor | None = None
 
     def send_wave(
-        self, provider: Provider, account: str, wave: Sequence[tuple[list[Claim], Any]]
+        self,
+        provider: Provider,
+        account: str,
+        wave: Sequence[tuple[list[Claim], Any]],
+        patience: float | None = None,
+        early: Callable[[dict[int, Asked]], None] | None = None,
     ) -> list[Asked]:
-        """Send a wave's requests together: the first from this thread, the others from the
-        process's request threads."""
+        """Send a wave's requests together and return their answers in the wave's order.
+
+        A lone request is sent from this thread. A wider wave goes to the request threads, so
+        that if some answers are still out after `patience` seconds (one trickling answer may
+        take the whole request deadline), `early` is handed those already in, by position,
+        from this thread: their exports need not wait on a neighbour's slow answer."""
         if not wave:
             return []
         ask = partial(self.ask, provider, account)
-        others = [self._threads().submit(ask, chunk) for chunk, _ in wave[1:]]
-        return [ask(wave[0][0]), *(future.result() for future in others)]
+        if len(wave) == 1:
+            return [ask(wave[0][0])]
+        futures = [self._threads().submit(ask, chunk) for chunk, _ in wave]
+        if early is not None:
+            done, pending = wait(futures, timeout=patience)
+            if pending and done:
+                early({i: f.result() for i, f in enumerate(futures) if f in done})
+        return [future.result() for future in futures]
 
     def _threads(self) -> ThreadPoolExecutor:
         with self._lock:

@@ -24,6 +24,8 @@ from export_poller.store import Claim
 
 # A request to send: its claims, and the bisection it is part of (None: not split).
 Chunk = tuple[list[Claim], bisect.Bisection | None]
+# Commits what a train has read so far (the engine's settler; it skips what it committed).
+Settle = Callable[[dict[str, Outcome]], None]
 
 
 @dataclass
@@ -60,7 +62,13 @@ class TrainRunner:
         backoff step, as the rest of a train does after a timeout."""
         return AccountGate(account, self.guard, self.settings, self.rand).throttle(claims, {}, None)
 
-    def run(self, provider: Provider, account: str, claims: list[Claim]) -> dict[str, Outcome]:
+    def run(
+        self,
+        provider: Provider,
+        account: str,
+        claims: list[Claim],
+        settle: Settle | None = None,
+    ) -> dict[str, Outcome]:
         """Requests of `batch_size`, up to POLLER_TRAIN_PARALLEL of them in flight together (a
         wave), until the train's time is up; once the account is held back (hold, pace, open
         breaker) the rest of the train waits with it. Every request passes the account's gate
@@ -70,6 +78,7 @@ class TrainRunner:
         A bulk request that fails as a whole in a way one id could cause is bisected: its
         halves are asked at once (they are not cut short by the train's time), so a poison id
         ends up alone and its neighbours get their answers in O(log n) extra requests.
+        `settle` commits answers a wave's slow request would hold back (see `_send`).
         """
         started = clock.now()
         outcomes: dict[str, Outcome] = {}
@@ -81,10 +90,8 @@ class TrainRunner:
         while queue:
             wave, wait = self._next_wave(train, queue, started, bool(outcomes))
             splits: list[Chunk] = []
-            cut, train.calm, gate.slowed = False, True, False
-            answers = self.requests.send_wave(provider, account, wave)
-            for (chunk, group), asked in zip(wave, answers, strict=True):
-                cut = self._read(train, chunk, group, asked, outcomes, splits) or cut
+            train.calm, gate.slowed = True, False
+            cut = self._send(provider, account, train, wave, outcomes, splits, settle)
             queue.extendleft(reversed(splits))
             if cut or wait is not None:  # the rest of the train waits with the account
                 outcomes |= gate.throttle(claims, outcomes, None if cut else wait)
@@ -123,6 +130,35 @@ class TrainRunner:
             if suspect:  # asked alone: no answer waits on one that may trickle again
                 break
         return wave, None
+
+    def _send(
+        self,
+        provider: Provider,
+        account: str,
+        train: _Train,
+        wave: list[Chunk],
+        outcomes: dict[str, Outcome],
+        splits: list[Chunk],
+        settle: Settle | None,
+    ) -> bool:
+        """Send one wave and read its answers; True if one timed out or failed to connect.
+        Answers in while others are still out after POLLER_TRAIN_SECONDS are read and settled
+        at once: a first trickling answer (nothing marks that export yet) must not keep its
+        wave-mates' callbacks back for the whole request deadline."""
+        read: dict[int, bool] = {}
+
+        def early(done: dict[int, Asked]) -> None:
+            for i, asked in sorted(done.items()):
+                read[i] = self._read(train, *wave[i], asked, outcomes, splits)
+            if settle is not None:
+                settle(outcomes)
+
+        patience = self.settings.train_seconds
+        answers = self.requests.send_wave(provider, account, wave, patience, early)
+        for i, ((chunk, group), asked) in enumerate(zip(wave, answers, strict=True)):
+            if i not in read:
+                read[i] = self._read(train, chunk, group, asked, outcomes, splits)
+        return any(read.values())
 
     def _read(
         self,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from export_poller.config.settings import Settings
@@ -90,3 +91,34 @@ def test_after_a_fresh_timeout_the_exports_that_timed_out_before_wait_too(
     engine.poll(*pairs[0], more=pairs[1:], account=broker.account_of[pairs[0][0]])
     assert provider.calls == ["e2"]
     assert (engine.get(tids[1]) or {})["error"]["kind"] == "throttled"
+
+
+def test_a_first_trickling_answer_does_not_hold_back_its_wave_mates_callbacks(
+    settings: Settings, store: Store, broker: Broker, provider: ScriptedProvider, fake_clock: Clock
+) -> None:
+    """Nothing marks an export that has never trickled, so it shares a wave with healthy ones:
+    those are committed (their callbacks sent) once the train's time has passed, while its
+    request is still out, not when it finally ends."""
+    quick = settings.model_copy(update={"train_seconds": 0.05})
+    engine = engine_for(provider, quick, store, broker, parallel=8, rand=lambda: 1.0)
+    warm = track(engine, "warm")  # a calm train first: the next one asks a whole wave at once
+    engine.poll(*broker.take_polls()[0][:2])
+    provider.script("done", "completed")
+    done, slow = track(engine, "done"), track(engine, "slow")
+    seen: list[str] = []
+    real_fetch = provider.fetch
+
+    def fetch(export_id: str) -> Any:
+        if export_id == "slow":  # trickles until its neighbour's callback has gone out
+            deadline = time.monotonic() + 10
+            while not broker.callbacks and time.monotonic() < deadline:
+                time.sleep(0.01)
+            seen.append((engine.get(done) or {}).get("state", ""))
+        return real_fetch(export_id)
+
+    provider.fetch = fetch  # type: ignore[method-assign]
+    pairs = [(tid, token) for tid, token, _ in broker.take_polls() if tid in (done, slow)]
+    engine.poll(*pairs[0], more=pairs[1:])
+    assert seen == ["completed"]  # committed while the slow request was still out
+    assert [r["tracking_id"] for _, r in broker.callbacks] == [done]
+    assert (engine.get(slow) or {})["state"] == "running" and warm
