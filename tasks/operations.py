@@ -47,7 +47,7 @@ def redeliver_callback(tracking_id: str, queue: str | None = None) -> dict[str, 
     from export_poller.api import callback_warnings
 
     engine = runtime.get_engine()
-    target = None if queue is None else _queue_name(queue)
+    target = None if queue is None else queue_name(queue)
     fields = _finished(tracking_id)
     sig = _callback(tracking_id, fields)
     if target is not None:
@@ -78,11 +78,12 @@ def _callback(tracking_id: str, fields: dict[str, str]) -> dict[str, Any]:
     return full_signature(signature)
 
 
-def _queue_name(value: object) -> str:
-    """A queue name as the queue settings take it; anything else is refused here."""
+def queue_name(value: object, label: str = "queue") -> str:
+    """A queue name as the queue settings take it (`QUEUE_PATTERN`); anything else is refused
+    here, by every boundary that takes one (redeliver, track --callback-queue)."""
     if not isinstance(value, str) or len(value) > 200 or not QUEUE_NAME.fullmatch(value):
         raise errors.ConfigurationError(
-            f"queue {value!r} is not a queue name: 1 to 200 letters, digits, '_', '.', ':' or '-'"
+            f"{label} {value!r} is not a queue name: 1 to 200 letters, digits, '_', '.', ':' or '-'"
         )
     return value
 

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import difflib
 import json
-import re
 from typing import Any
 
 import click
 
 from export_poller.cli import JSON_HELP, main, user_errors
 from export_poller.providers.errors import ConfigurationError
-
-_QUEUE = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
 
 
 @main.command()
@@ -123,8 +120,10 @@ def _no_consumer(queue: str, consumed: set[str]) -> str:
 def _cli_signature(task: str | None, queue: str | None) -> Any:
     from celery import signature
 
-    if queue is not None and not _QUEUE.fullmatch(queue):
-        raise ConfigurationError(f"--callback-queue {queue!r} is not a queue name")
+    from export_poller.operations import queue_name
+
+    if queue is not None:
+        queue_name(queue, "--callback-queue")
     if not task:
         return None
     return signature(task, queue=queue) if queue else signature(task)
