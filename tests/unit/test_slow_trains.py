@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+import threading
 from typing import Any
 
 from export_poller.config.settings import Settings
@@ -99,6 +99,14 @@ def test_a_first_trickling_answer_does_not_hold_back_its_wave_mates_callbacks(
     """Nothing marks an export that has never trickled, so it shares a wave with healthy ones:
     those are committed (their callbacks sent) once the train's time has passed, while its
     request is still out, not when it finally ends."""
+    called_back = threading.Event()
+    real_send = broker.send_callback
+
+    def send_callback(*args: Any, **kwargs: Any) -> Any:
+        called_back.set()
+        return real_send(*args, **kwargs)
+
+    broker.send_callback = send_callback  # type: ignore[method-assign]
     quick = settings.model_copy(update={"train_seconds": 0.05})
     engine = engine_for(provider, quick, store, broker, parallel=8, rand=lambda: 1.0)
     warm = track(engine, "warm")  # a calm train first: the next one asks a whole wave at once
@@ -110,9 +118,7 @@ def test_a_first_trickling_answer_does_not_hold_back_its_wave_mates_callbacks(
 
     def fetch(export_id: str) -> Any:
         if export_id == "slow":  # trickles until its neighbour's callback has gone out
-            deadline = time.monotonic() + 10
-            while not broker.callbacks and time.monotonic() < deadline:
-                time.sleep(0.01)
+            assert called_back.wait(10), "the neighbour's callback waited on this request"
             seen.append((engine.get(done) or {}).get("state", ""))
         return real_fetch(export_id)
 
